@@ -25,14 +25,31 @@ def histories(uri: str, experiment: str):
         name = run.data.tags.get("emorl.variant", run.info.run_id)
         ari = sorted(client.get_metric_history(run.info.run_id, "test/fg_ari"), key=lambda m: m.step)
         loss = sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)
+        mse = sorted(client.get_metric_history(run.info.run_id, "test/mse"), key=lambda m: m.step)
         speed = client.get_metric_history(run.info.run_id, "train/steps_per_sec")
-        start = run.info.start_time
+        clock = active_minutes(run.info.start_time, [m.timestamp for m in loss + ari])
         out[name] = {
-            "ari": [(m.step, (m.timestamp - start) / 60000, m.value) for m in ari],
-            "loss": [(m.step, (m.timestamp - start) / 60000, m.value) for m in loss],
+            "ari": [(m.step, clock(m.timestamp), m.value) for m in ari],
+            "loss": [(m.step, clock(m.timestamp), m.value) for m in loss],
+            "mse": {m.step: m.value for m in mse},
             "steps_per_sec": sorted(m.value for m in speed),
         }
     return out
+
+
+def active_minutes(start_ms: int, stamps_ms: list[int]):
+    """Map a timestamp to minutes of training since ``start_ms``, leaving out interruptions:
+    a gap between consecutive logged points longer than 10x their median gap counts as one
+    median gap (the run was stopped and resumed)."""
+    points = sorted({start_ms, *stamps_ms})
+    gaps = [b - a for a, b in zip(points, points[1:])]
+    typical = sorted(gaps)[len(gaps) // 2] if gaps else 0
+    elapsed, total = {start_ms: 0.0}, 0.0
+    for previous, current in zip(points, points[1:]):
+        gap = current - previous
+        total += typical if gap > 10 * typical else gap
+        elapsed[current] = total
+    return lambda stamp_ms: elapsed[stamp_ms] / 60000
 
 
 def main() -> None:
@@ -43,10 +60,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/img"))
     args = parser.parse_args()
     data = histories(args.uri, args.experiment)
-    lines = ["| run | step | minutes | test fg-ARI |", "|---|---|---|---|"]
+    lines = ["| run | step | minutes | test fg-ARI | test MSE |", "|---|---|---|---|---|"]
     for name, values in data.items():
         for step, minutes, value in values["ari"]:
-            lines.append(f"| {name} | {step} | {minutes:.1f} | {value:.3f} |")
+            mse = values["mse"].get(step, float("nan"))
+            lines.append(f"| {name} | {step} | {minutes:.1f} | {value:.3f} | {mse:.4f} |")
     for name, values in data.items():
         speeds = values["steps_per_sec"]
         if speeds:
@@ -58,20 +76,22 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    figure, axes = plt.subplots(1, 4, figsize=(17, 3.6))
     for name, values in data.items():
         steps, minutes, ari = zip(*values["ari"]) if values["ari"] else ((), (), ())
         axes[0].plot(steps, ari, marker="o", label=name)
         axes[1].plot(minutes, ari, marker="o", label=name)
         loss_steps, _, loss = zip(*values["loss"]) if values["loss"] else ((), (), ())
-        axes[2].plot(loss_steps, loss, label=name)
+        axes[2].plot(sorted(values["mse"]), [values["mse"][k] for k in sorted(values["mse"])], marker="o", label=name)
+        axes[3].plot(loss_steps, loss, label=name)
     axes[0].set(xlabel="training step", ylabel="test foreground ARI", title="ARI against steps")
     axes[1].set(xlabel="wall-clock minutes (2-core CPU)", ylabel="test foreground ARI", title="ARI against time")
-    axes[2].set(xlabel="training step", ylabel="training loss (GECO form)", title="training loss")
+    axes[2].set(xlabel="training step", ylabel="test MSE", yscale="log", title="reconstruction")
+    axes[3].set(xlabel="training step", ylabel="training loss (GECO form)", yscale="symlog", title="training loss")
     for axis in axes:
         axis.grid(alpha=0.3)
         axis.legend(title="precision")
-    figure.suptitle("EfficientMORL, Tetrominoes setting (paper hyperparameters), seed 0, generated data")
+    figure.suptitle("EfficientMORL, Tetrominoes setting (paper hyperparameters unless the run name says), seed 0, generated data")
     figure.tight_layout()
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "learning_curve_tetrominoes.png"

@@ -442,6 +442,23 @@ def test_efficiency_benchmark_models_and_ratios():
     paper = bench_model("emorl-i0")
     assert paper.config["decoder"] == "broadcast" and paper.call["refine_steps"] == 0 and paper.label == "E-0"
     assert bench_model("iodine").call == {"refine_steps": 5} and bench_model("iodine").config["num_slots"] == 7
+    trainer = bench_model("emorl-i3-trainer")
+    assert trainer.trainer_path and not paper.trainer_path and trainer.label == "E-3t"
+    assert trainer.config == bench_model("emorl-i3").config
+    # ... and its timed pass computes the gradients of the plain pass (float tolerance).
+    from emorl.bench.efficiency import make_images, run_pass
+
+    plain_bench, trainer_bench = bench_model("emorl-i1"), bench_model("emorl-i1-trainer")
+    torch.manual_seed(0)
+    plain_model, trainer_model = plain_bench.build(16), trainer_bench.build(16)
+    trainer_model.load_state_dict(plain_model.state_dict())
+    images = make_images(2, 16, torch.device("cpu"))
+    for model, bench in ((plain_model, plain_bench), (trainer_model, trainer_bench)):
+        torch.manual_seed(1)
+        run_pass(model, images, bench, backward=True)
+    for (name, p), q in zip(plain_model.named_parameters(), trainer_model.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5 * max(1.0, p.grad.abs().max().item()),
+                                   msg=name)
     with pytest.raises(ConfigError, match="unknown model 'genesis'"):
         bench_model("genesis")
     rows = [dict(model="emorl-i0", image_size=64, forward_ms=2.0, forward_backward_ms=10.0,

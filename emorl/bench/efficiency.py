@@ -10,6 +10,9 @@ Models (the paper's CLEVR settings, K = 7, D = 64):
 * ``emorl-iN``: EfficientMORL with I = N refinement steps (L = 3, the paper's decoder,
   mixture likelihood, sigma 0.1); ``emorl-xs-iN``: E-MORL-X-S, the same with Slot Attention's
   deconvolutional decoder (the paper does not say which I its E-X-S used; default I = 3).
+  A ``-trainer`` suffix (``emorl-i3-trainer``, label ``E-3t``) times the pass as the trainer
+  runs it: channels_last and the fused ``forward_backward`` (same gradients, docs/model.md);
+  without it, ``model(images).loss.backward()`` in NCHW, as the baselines are timed.
 * ``slot_attention``: 3 iterations, the deconvolutional decoder; ``slot_mlp``.
 * ``iodine``: T = 5 refinement steps, the original's CLEVR sizes.
 
@@ -72,23 +75,25 @@ class BenchModel:
     label: str  # Fig. 10's short label
     config: dict  # build_model mapping without image_size
     call: dict = field(default_factory=dict)  # forward keyword arguments
+    trainer_path: bool = False  # the trainer's step: forward_backward, channels_last
 
     def build(self, image_size: int) -> torch.nn.Module:
         from emorl.models import build_model
 
-        return build_model({**self.config, "image_size": image_size})
+        model = build_model({**self.config, "image_size": image_size})
+        return model.to(memory_format=torch.channels_last) if self.trainer_path else model
 
 
 def bench_model(name: str) -> BenchModel:
     """The :class:`BenchModel` of a name: emorl-iN, emorl-xs-iN, slot_attention, slot_mlp or iodine."""
-    emorl = re.fullmatch(r"emorl-(xs-)?i(\d+)", name)
+    emorl = re.fullmatch(r"emorl-(xs-)?i(\d+)(-trainer)?", name)
     if emorl:
-        steps = int(emorl.group(2))
+        steps, trainer_path = int(emorl.group(2)), bool(emorl.group(3))
         decoder = "deconv" if emorl.group(1) else "broadcast"
         config = dict(name="efficient_morl", **CLEVR, latent_dim=64, stochastic_layers=3, refine_steps=steps,
                       decoder=decoder, likelihood="mixture", sigma=0.1)
-        label = f"E-X-S-{steps}" if emorl.group(1) else f"E-{steps}"
-        return BenchModel(name, label, config, {"refine_steps": steps})
+        label = (f"E-X-S-{steps}" if emorl.group(1) else f"E-{steps}") + ("t" if trainer_path else "")
+        return BenchModel(name, label, config, {"refine_steps": steps}, trainer_path)
     if name == "slot_attention":
         return BenchModel(name, "SA", dict(name="slot_attention", **CLEVR, slot_dim=64, iterations=3, decoder="deconv"),
                           {"refine_steps": 3})
@@ -97,7 +102,8 @@ def bench_model(name: str) -> BenchModel:
     if name == "iodine":
         return BenchModel(name, "IODINE", dict(name="iodine", **CLEVR, latent_dim=64, refine_steps=5),
                           {"refine_steps": 5})
-    raise ConfigError(f"--models: unknown model {name!r}; choose from emorl-iN, emorl-xs-iN (N = refinement steps I), "
+    raise ConfigError(f"--models: unknown model {name!r}; choose from emorl-iN, emorl-xs-iN (N = refinement steps I; "
+                      "append -trainer for the trainer's fused step), "
                       "slot_attention, slot_mlp, iodine")
 
 
@@ -112,17 +118,23 @@ def make_images(batch: int, image_size: int, device: torch.device, seed: int = 0
 
 
 # -- one pass ---------------------------------------------------------------------------------------
-def run_pass(model: torch.nn.Module, images: torch.Tensor, call: dict, backward: bool) -> None:
-    """One forward pass (no_grad, eval mode) or one forward + backward pass (train mode)."""
+def run_pass(model: torch.nn.Module, images: torch.Tensor, bench: BenchModel, backward: bool) -> None:
+    """One forward pass (no_grad, eval mode) or one forward + backward pass (train mode); a
+    ``-trainer`` model runs them as the trainer does (channels_last, ``forward_backward``)."""
+    if bench.trainer_path:
+        images = images.contiguous(memory_format=torch.channels_last)
     if backward:
         model.train()
         model.zero_grad(set_to_none=True)
-        out = model(images, **call)
-        out.loss.backward()
+        if bench.trainer_path:
+            out = model.forward_backward(images, **bench.call)
+        else:
+            out = model(images, **bench.call)
+            out.loss.backward()
     else:
         model.eval()
         with torch.no_grad():
-            out = model(images, **call)
+            out = model(images, **bench.call)
     del out
 
 
@@ -131,22 +143,22 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_pass(model, images, call: dict, backward: bool, warmup: int, repeats: int) -> list[float]:
+def time_pass(model, images, bench: BenchModel, backward: bool, warmup: int, repeats: int) -> list[float]:
     """Seconds of each of ``repeats`` passes after ``warmup`` untimed ones."""
     device = images.device
     for _ in range(warmup):
-        run_pass(model, images, call, backward)
+        run_pass(model, images, bench, backward)
     times = []
     for _ in range(repeats):
         _synchronize(device)
         start = time.perf_counter()
-        run_pass(model, images, call, backward)
+        run_pass(model, images, bench, backward)
         _synchronize(device)
         times.append(time.perf_counter() - start)
     return times
 
 
-def cuda_peak_memory(model, images, call: dict, backward: bool) -> int:
+def cuda_peak_memory(model, images, bench: BenchModel, backward: bool) -> int:
     """Bytes allocated at the peak of one pass beyond what was allocated before it."""
     device = images.device
     model.zero_grad(set_to_none=True)
@@ -154,7 +166,7 @@ def cuda_peak_memory(model, images, call: dict, backward: bool) -> int:
     _synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
-    run_pass(model, images, call, backward)
+    run_pass(model, images, bench, backward)
     _synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) - before
     model.zero_grad(set_to_none=True)
@@ -186,7 +198,7 @@ def memory_child_main(argv: list[str] | None = None) -> int:
     bench = bench_model(spec["model"])
     model = bench.build(spec["image_size"])
     images = make_images(spec["batch"], spec["image_size"], torch.device("cpu"), spec["seed"])
-    run_pass(model, images, bench.call, spec["backward"])  # warm-up: lazy initialisation
+    run_pass(model, images, bench, spec["backward"])  # warm-up: lazy initialisation
     model.zero_grad(set_to_none=True)
     gc.collect()
     _trim_heap()
@@ -197,7 +209,7 @@ def memory_child_main(argv: list[str] | None = None) -> int:
         method = "rss-hwm"
     except OSError:
         method = "rss-hwm-not-reset (includes the warm-up pass)"
-    run_pass(model, images, bench.call, spec["backward"])
+    run_pass(model, images, bench, spec["backward"])
     peak = _proc_status_bytes("VmHWM") - before
     print(json.dumps({"peak_bytes": peak, "method": method}))
     return 0
@@ -224,12 +236,12 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
-def fits(model, image_size: int, batch: int, call: dict, device: torch.device, seed: int) -> bool:
+def fits(model, image_size: int, batch: int, bench: BenchModel, device: torch.device, seed: int) -> bool:
     """Whether a forward + backward pass at this mini-batch runs without running out of memory."""
     images = None
     try:
         images = make_images(batch, image_size, device, seed)
-        run_pass(model, images, call, backward=True)
+        run_pass(model, images, bench, backward=True)
         _synchronize(device)
         return True
     except (torch.cuda.OutOfMemoryError, RuntimeError) as error:
@@ -265,7 +277,7 @@ def search_largest(fits_batch, limit: int) -> tuple[int, bool]:
     return good, False
 
 
-def largest_batch(model, image_size: int, call: dict, device: torch.device, budget_bytes: int, limit: int,
+def largest_batch(model, image_size: int, bench: BenchModel, device: torch.device, budget_bytes: int, limit: int,
                   seed: int = 0) -> tuple[int, bool]:
     """(largest mini-batch whose forward + backward pass fits the budget, whether ``limit`` capped it)."""
     total = torch.cuda.get_device_properties(device).total_memory
@@ -273,7 +285,7 @@ def largest_batch(model, image_size: int, call: dict, device: torch.device, budg
     gc.collect()
     torch.cuda.empty_cache()  # cached blocks of earlier passes would count against the budget
     try:
-        return search_largest(lambda batch: fits(model, image_size, batch, call, device, seed), limit)
+        return search_largest(lambda batch: fits(model, image_size, batch, bench, device, seed), limit)
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, device)
 
@@ -282,7 +294,8 @@ def largest_batch(model, image_size: int, call: dict, device: torch.device, budg
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``emorl bench efficiency``."""
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS),
-                        help=f"models (default: {' '.join(DEFAULT_MODELS)}); emorl-iN / emorl-xs-iN for any I = N")
+                        help=f"models (default: {' '.join(DEFAULT_MODELS)}); emorl-iN / emorl-xs-iN for any I = N, "
+                        "with -trainer: timed as the trainer runs it")
     parser.add_argument("--sizes", nargs="+", type=int, default=[64, 96, 128], help="image sizes H = W")
     parser.add_argument("--batch-size", type=int, default=4, help="mini-batch of the timed passes (paper: 4)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
@@ -332,12 +345,12 @@ def measure(args: argparse.Namespace, device: torch.device) -> list[dict]:
             row = dict(model=bench.name, label=bench.label, image_size=size, batch=args.batch_size,
                        parameters=count_parameters(model), repeats=repeats)
             for key, backward in (("forward", False), ("forward_backward", True)):
-                times = time_pass(model, images, bench.call, backward, warmup, repeats)
+                times = time_pass(model, images, bench, backward, warmup, repeats)
                 row[f"{key}_ms"] = 1000 * statistics.median(times)
                 if args.no_memory:
                     row[f"{key}_peak_mib"], row["memory_method"] = math.nan, "skipped"
                 elif device.type == "cuda":
-                    row[f"{key}_peak_mib"] = cuda_peak_memory(model, images, bench.call, backward) / MIB
+                    row[f"{key}_peak_mib"] = cuda_peak_memory(model, images, bench, backward) / MIB
                     row["memory_method"] = "cuda-max-allocated"
                 else:
                     peak, method = cpu_peak_memory(bench.name, size, args.batch_size, backward, args.threads, args.seed)
@@ -347,7 +360,7 @@ def measure(args: argparse.Namespace, device: torch.device) -> list[dict]:
                 del images
                 budget = int(args.memory_budget_gib * 2**30)
                 row["max_batch"], row["max_batch_capped"] = largest_batch(
-                    model, size, bench.call, device, budget, args.max_batch_limit, args.seed)
+                    model, size, bench, device, budget, args.max_batch_limit, args.seed)
             rows.append(row)
             print(_progress(row), flush=True)
             del model

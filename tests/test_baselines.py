@@ -18,6 +18,7 @@ from emorl.models.emorl import EMORLConfig, EfficientMORL, count_parameters
 from emorl.models.iodine import IODINE, IODINEConfig, IODINEOutput, iodine_step_weights
 from emorl.models.slot_attention import SlotAttentionAutoEncoder, SlotAttentionConfig, SlotAttentionOutput
 from emorl.models.slot_mlp import SlotMLPAutoEncoder, SlotMLPConfig, SlotMLPOutput
+from tests.noise_tape import NoiseTape
 
 # -- configurations ---------------------------------------------------------------------------------
 DATASETS = {  # image size, K
@@ -202,22 +203,6 @@ def test_slot_attention_iterations_override_and_attention():
 
 
 # -- slot symmetry -----------------------------------------------------------------------------------------
-class NoiseTape:
-    """Records every noise draw, then replays it with the slot axis (dim 1) permuted or tied."""
-
-    def __init__(self):
-        self.recorded: list[torch.Tensor] = []
-        self.transform = None
-        self.position = 0
-
-    def __call__(self, like: torch.Tensor) -> torch.Tensor:
-        if self.transform is None:
-            noise = torch.randn_like(like)
-            self.recorded.append(noise)
-            return noise
-        noise = self.transform(self.recorded[self.position])
-        self.position += 1
-        return noise
 
 
 PERMUTATION = torch.tensor([2, 0, 1])

@@ -404,9 +404,9 @@ COLUMNS = ("model", "label", "image_size", "batch", "parameters", "repeats", "fo
            "max_batch_vs_iodine")
 
 
-def _fmt(value, digits: int = 1) -> str:
+def _fmt(value, digits: int = 1, unit: str = "") -> str:
     if isinstance(value, float):
-        return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+        return "n/a" if math.isnan(value) else f"{value:.{digits}f}{unit}"
     return str(value)
 
 
@@ -421,8 +421,8 @@ def markdown_table(rows: list[dict], header_lines: list[str]) -> str:
         lines.append(
             f"| {r['label']} | {r['image_size']} | {r['parameters']:,} | {_fmt(r['forward_ms'])} | "
             f"{_fmt(r['forward_backward_ms'])} | {_fmt(r['forward_peak_mib'], 0)} | "
-            f"{_fmt(r['forward_backward_peak_mib'], 0)} | {max_batch} | {_fmt(r['forward_speedup_vs_iodine'], 2)}x | "
-            f"{_fmt(r['forward_backward_speedup_vs_iodine'], 2)}x | {_fmt(r['memory_vs_iodine'], 2)} | "
+            f"{_fmt(r['forward_backward_peak_mib'], 0)} | {max_batch} | {_fmt(r['forward_speedup_vs_iodine'], 2, 'x')} | "
+            f"{_fmt(r['forward_backward_speedup_vs_iodine'], 2, 'x')} | {_fmt(r['memory_vs_iodine'], 2)} | "
             f"{_fmt(r['max_batch_vs_iodine'], 2)} |")
     return "\n".join(lines) + "\n"
 

@@ -195,26 +195,42 @@ def test_refinement_runs_at_test_time_and_matches_training_mode():
     torch.testing.assert_close(tested.loss, trained.loss.detach())
 
 
-def test_tiny_model_learns_a_fixed_batch():
-    """A real learning signal: 40 Adam steps on 8 images of coloured squares."""
+def _squares(count=8, size=16, seed=0):
+    """``count`` images of two coloured 5x5 squares on black, in [-1, 1]."""
+    generator = torch.Generator().manual_seed(seed)
+    batch = torch.full((count, 3, size, size), -1.0)
+    for i in range(count):
+        for _ in range(2):
+            y, x = torch.randint(0, size - 5, (2,), generator=generator)
+            batch[i, :, y:y + 5, x:x + 5] = torch.rand(3, 1, 1, generator=generator) * 2 - 1
+    return batch
+
+
+def test_tiny_model_learns_to_tell_images_apart():
+    """A real learning signal: on 8 fixed images the reconstruction must beat the batch's
+    per-pixel mean image, which no model that ignores its input can do (a falling loss alone is
+    also met by reconstructing everything black). PyTorch's initialisation and a warm-up: with
+    the authors' 0.02-gain initialisation the tiny model leaves the mean-image plateau only after
+    a few thousand steps (docs/benchmarks.md, section 2b)."""
     torch.manual_seed(0)
-    batch = torch.full((8, 3, 16, 16), -1.0)
-    for i in range(8):
-        for j in range(2):
-            y, x = torch.randint(0, 11, (2,))
-            batch[i, :, y:y + 5, x:x + 5] = (torch.rand(3, 1, 1) * 2 - 1)
-    model = tiny(refine_steps=1)
-    optimiser = torch.optim.Adam(model.parameters(), lr=2e-3)
-    losses = []
-    for _ in range(40):
+    batch = _squares()
+    target = (batch + 1) / 2
+    mean_image_mse = (target - target.mean(0, keepdim=True)).square().mean().item()
+    model = tiny(refine_steps=1, init="pytorch")
+    optimiser = torch.optim.Adam(model.parameters(), lr=4e-4)
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: min(1.0, (step + 1) / 200))
+    for _ in range(1200):
         optimiser.zero_grad()
         out = model(batch)
         out.loss.backward()
         optimiser.step()
-        losses.append(out.nll_steps[-1].mean().item())
-    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
-    # NLL per element starts near the uniform-guess value; it must fall clearly.
-    assert last < first - 0.15 * abs(first), (first, last)
+        warmup.step()
+    with torch.no_grad():
+        torch.manual_seed(1)
+        out = model(batch)
+    mse = (out.reconstruction - target).square().mean().item()
+    assert mse < 0.9 * mean_image_mse, (mse, mean_image_mse)
+    assert out.kl_steps[-1].mean() > 1.0  # the posterior carries information about each image
 
 
 # -- ablation switches -----------------------------------------------------------------------------

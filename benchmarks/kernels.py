@@ -9,25 +9,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
+from emorl.bench.timing import time_calls
 
-def seconds(fn, device: torch.device, warmup: int = 3, repeats: int = 10) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+
+def seconds(fn, device: torch.device) -> float:
+    return statistics.median(time_calls(fn, device, warmup=3, repeats=10))
 
 
 def main() -> None:

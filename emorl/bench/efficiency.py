@@ -50,12 +50,12 @@ import re
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from emorl.bench.timing import synchronize, time_calls
 from emorl.errors import ConfigError
 
 DEFAULT_MODELS = ("emorl-i0", "emorl-i1", "emorl-i3", "emorl-xs-i3", "slot_attention", "iodine")
@@ -138,24 +138,9 @@ def run_pass(model: torch.nn.Module, images: torch.Tensor, bench: BenchModel, ba
     del out
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_pass(model, images, bench: BenchModel, backward: bool, warmup: int, repeats: int) -> list[float]:
     """Seconds of each of ``repeats`` passes after ``warmup`` untimed ones."""
-    device = images.device
-    for _ in range(warmup):
-        run_pass(model, images, bench, backward)
-    times = []
-    for _ in range(repeats):
-        _synchronize(device)
-        start = time.perf_counter()
-        run_pass(model, images, bench, backward)
-        _synchronize(device)
-        times.append(time.perf_counter() - start)
-    return times
+    return time_calls(lambda: run_pass(model, images, bench, backward), images.device, warmup, repeats)
 
 
 def cuda_peak_memory(model, images, bench: BenchModel, backward: bool) -> int:
@@ -163,11 +148,11 @@ def cuda_peak_memory(model, images, bench: BenchModel, backward: bool) -> int:
     device = images.device
     model.zero_grad(set_to_none=True)
     gc.collect()
-    _synchronize(device)
+    synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
     run_pass(model, images, bench, backward)
-    _synchronize(device)
+    synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) - before
     model.zero_grad(set_to_none=True)
     return peak
@@ -242,7 +227,7 @@ def fits(model, image_size: int, batch: int, bench: BenchModel, device: torch.de
     try:
         images = make_images(batch, image_size, device, seed)
         run_pass(model, images, bench, backward=True)
-        _synchronize(device)
+        synchronize(device)
         return True
     except (torch.cuda.OutOfMemoryError, RuntimeError) as error:
         if not _is_out_of_memory(error):

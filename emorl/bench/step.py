@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
+
+from emorl.bench.timing import time_calls
 
 SETTINGS = {
     # name: (model overrides, batch size)
@@ -101,17 +102,8 @@ def count_flops(model, optimizer, images, refine_steps, fused, precision, device
 
 
 def time_steps(model, optimizer, images, refine_steps, fused, precision, device, warmup, repeats) -> list[float]:
-    times = []
-    for index in range(warmup + repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        training_step(model, optimizer, images, refine_steps, fused, precision, device)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if index >= warmup:
-            times.append(time.perf_counter() - start)
-    return times
+    return time_calls(lambda: training_step(model, optimizer, images, refine_steps, fused, precision, device),
+                      device, warmup, repeats)
 
 
 def time_forward(model, images, refine_steps, precision, device, warmup, repeats) -> float:
@@ -119,23 +111,16 @@ def time_forward(model, images, refine_steps, precision, device, warmup, repeats
     still computes its gradient inputs)."""
     from emorl.engine.evaluate import autocast_context
 
+    def forward():
+        with autocast_context(device, precision):
+            model(images, refine_steps=refine_steps)
+
     model.eval()
-    times = []
     try:
         with torch.no_grad():
-            for index in range(warmup + repeats):
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-                with autocast_context(device, precision):
-                    model(images, refine_steps=refine_steps)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                if index >= warmup:
-                    times.append(time.perf_counter() - start)
+            return statistics.median(time_calls(forward, device, warmup, repeats))
     finally:
         model.train()
-    return statistics.median(times)
 
 
 def profile_table(model, optimizer, images, refine_steps, fused, precision, device, rows: int = 12) -> str:

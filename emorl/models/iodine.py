@@ -221,7 +221,6 @@ class IODINEOutput(StepwiseLosses, SlotModelOutput):
         """The posterior means of lambda_T."""
         return self.posteriors[-1].mean
 
-
     def scalars(self) -> dict[str, torch.Tensor]:
         """loss, nll, kl (final step), mse, per-step NLL and KL."""
         out = {"loss": self.loss.detach(), "nll": self.nll_steps[-1].detach().mean(),

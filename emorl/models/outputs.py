@@ -91,4 +91,3 @@ class EMORLOutput(StepwiseLosses, SlotModelOutput):
     def final_posterior(self) -> Gaussian:
         """lambda^(L, I): the image representation (Algorithm 1 line 28)."""
         return self.refined[-1]
-

@@ -171,15 +171,22 @@ def test_sweep_tracks_every_trial_and_resumes_after_an_interrupt(tmp_path, ray_d
     def finished_and_running():
         states = {i: status.read_status(folders[i]) for i in ids}
         done = {i for i, s in states.items() if s.get("state") == "finished"}
-        running = {i: s["step"] for i, s in states.items() if s.get("state") == "running" and s["step"] > 0}
+        # well before its end (a checkpoint at most half way), so that it is still running when Ctrl-C lands
+        running = {i: s["step"] for i, s in states.items()
+                   if s.get("state") == "running" and 0 < s["step"] <= STEPS // 2}
         return (done, running) if done and running else None
 
-    done_before, running_before = wait_for(finished_and_running, "a finished trial and one mid-run", first)
+    done_before, running_seen = wait_for(finished_and_running, "a finished trial and one mid-run", first)
     first.process.send_signal(signal.SIGINT)
     assert first.wait() == 130, first.text()[-3000:]
     assert "interrupted:" in first.text() and "resume with the same command" in first.text()
     _, children = tracked_runs(name)
     assert len(children) <= len(ids)
+    # A trial seen mid-run may still have reached its end before the Ctrl-C landed: what counts is
+    # the state the interrupted driver left behind.
+    done_before = {i for i in ids if status.read_status(folders[i]).get("state") == "finished"}
+    running_before = {i: step for i, step in running_seen.items() if i not in done_before}
+    assert running_before, ("every trial seen mid-run finished before the Ctrl-C landed", running_seen)
 
     second = Driver(processes, tmp_path, spec, *args)
     assert second.wait() == 0, second.text()[-3000:]

@@ -426,3 +426,43 @@ def test_bf16_autocast_gradients_follow_fp32():
     assert cosine > 0.98, cosine
     assert torch.nn.functional.cosine_similarity(grad16, grad16_plain, dim=0) > 0.98
     assert abs(loss16 - loss16_plain) < 0.02 * abs(loss16_plain) + 1.0
+
+
+def test_initialisations():
+    """model.init=pytorch (the default) keeps PyTorch's initialisation; model.init=authors is the
+    authors' code: xavier_normal(gain 0.02) and zero bias for Conv/Linear, N(0, 1) for the DualGRU,
+    PyTorch's defaults for the position projections and the refinement GRU."""
+    from emorl.models.encoder import PositionEmbedding
+
+    assert EMORLConfig().init == "pytorch"
+    built = {}
+    for init in ("pytorch", "authors"):
+        torch.manual_seed(0)
+        built[init] = EfficientMORL(EMORLConfig(**TETROMINOES, init=init))
+    ours, authors = built["pytorch"], built["authors"]
+    kept = (PositionEmbedding, nn.GRUCell, nn.GRU)
+    checked = {"kept": 0, "xavier": 0, "dual": 0}
+    kept_names = [n for n, m in ours.named_modules() if isinstance(m, kept)]
+    for (name, module), (_, theirs) in zip(ours.named_modules(), authors.named_modules()):
+        if any(name == n or name.startswith(n + ".") for n in kept_names):
+            for a, b in zip(module.parameters(recurse=False), theirs.parameters(recurse=False)):
+                assert torch.equal(a, b), name
+                checked["kept"] += 1
+        elif isinstance(module, (nn.Conv2d, nn.Linear)):
+            fan_out, fan_in = module.weight.shape[0], module.weight[0].numel()
+            receptive = module.weight[0, 0].numel()
+            expected = 0.02 * (2 / (fan_in + fan_out * receptive)) ** 0.5
+            if theirs.weight.numel() >= 1024:
+                assert 0.85 < theirs.weight.std().item() / expected < 1.15, name
+            assert theirs.weight.abs().max().item() < 10 * expected
+            if module.bias is not None:
+                assert not theirs.bias.any() and module.bias.any(), name
+            # PyTorch's default: kaiming_uniform(a=sqrt(5)), bound 1/sqrt(fan_in)
+            assert module.weight.abs().max().item() <= fan_in ** -0.5 + 1e-6, name
+            checked["xavier"] += 1
+        elif isinstance(module, DualGRU):
+            values = torch.cat([p.flatten() for p in theirs.parameters()])
+            assert 0.9 < values.std().item() < 1.1 and abs(values.mean().item()) < 0.1
+            assert torch.cat([p.flatten() for p in module.parameters()]).abs().max() <= 1.0
+            checked["dual"] += 1
+    assert checked["kept"] >= 4 and checked["xavier"] >= 15 and checked["dual"] == 1, checked

@@ -66,7 +66,7 @@ class EMORLConfig:
     refine_grad_norm_affine: bool = True  # paper: trainable LayerNorms; authors' code: no affine
     variance_formula: str = "paper"  # paper: Eq. 11; authors: softplus + 1e-5
     bottom_up_refinement_prior: str = "conditional"  # conditional: p(z^L|z^{L-1}) (paper); standard: N(0,I)
-    init: str = "authors"  # authors: xavier_normal(gain 0.02) etc. (paper silent); pytorch: defaults
+    init: str = "pytorch"  # pytorch: PyTorch's defaults; authors: xavier_normal(gain 0.02) etc. (paper silent)
     factorized_decoder: bool = True  # exact, cheaper first decoder layer (see decoder.py)
     refine_grad_create_graph: bool = False  # True: build the unused double-backward graph as the authors' code does
 

@@ -76,7 +76,7 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 4, figsize=(17, 3.6))
+    figure, axes = plt.subplots(1, 4, figsize=(17, 4.8))
     for name, values in data.items():
         steps, minutes, ari = zip(*values["ari"]) if values["ari"] else ((), (), ())
         axes[0].plot(steps, ari, marker="o", label=name)
@@ -90,9 +90,11 @@ def main() -> None:
     axes[3].set(xlabel="training step", ylabel="training loss (GECO form)", yscale="symlog", title="training loss")
     for axis in axes:
         axis.grid(alpha=0.3)
-        axis.legend(title="precision")
-    figure.suptitle("EfficientMORL, Tetrominoes setting (paper hyperparameters unless the run name says), seed 0, generated data")
-    figure.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, title="run", loc="lower center", ncol=min(4, len(labels)), fontsize="small")
+    figure.suptitle("EfficientMORL, Tetrominoes setting (paper hyperparameters unless the run name says), "
+                    "seed 0 unless the name says, generated data")
+    figure.tight_layout(rect=(0, 0.16, 1, 1))
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "learning_curve_tetrominoes.png"
     figure.savefig(path, dpi=90)

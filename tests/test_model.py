@@ -394,9 +394,13 @@ def test_optimised_step_agrees_in_float32_too():
     plain(images()).loss.backward()
     torch.manual_seed(5)
     fast.forward_backward(images())
+    overall = max(p.grad.abs().max().item() for p in plain.parameters())
+    # The query LayerNorm's bias adds the same k.(W b) to every slot before the softmax over slots:
+    # its gradient is zero in exact arithmetic, float rounding in practice; hence the floor on `scale`.
+    assert plain.bottom_up.query_norm.bias.grad.abs().max() < 1e-6 * overall
     for p, q in zip(plain.parameters(), fast.parameters()):
-        scale = p.grad.abs().max().item()
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-4 * max(scale, 1e-6))
+        scale = max(p.grad.abs().max().item(), 1e-4 * overall)
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-4 * scale)
 
 
 def test_bf16_autocast_gradients_follow_fp32():

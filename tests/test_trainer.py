@@ -212,7 +212,15 @@ def test_compiled_and_channels_last_training_agree_with_the_plain_run(tmp_path, 
     plain = train(smoke(tmp_path / "plain", smoke_data, *common, "trainer.channels_last=false"))
     fast = train(smoke(tmp_path / "fast", smoke_data, *common, "trainer.channels_last=true", "trainer.compile=true"))
     a, b = final_parameters(plain), final_parameters(fast)
+    # Two coordinates the loss does not depend on (a constant added to every slot before a softmax
+    # over slots): the mask logits' bias and the query LayerNorm's bias. Their gradients are float
+    # rounding, which Adam scales to steps of ~lr; everywhere else the runs agree.
+    invariant = {"decoder.output_layer.bias": [3], "bottom_up.query_norm.bias": slice(None)}
     for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=2e-5)  # Adam steps are ~lr = 4e-4
+        keep = torch.ones_like(a[key], dtype=torch.bool)
+        if key in invariant:
+            keep[invariant[key]] = False
+            assert (b[key] - a[key]).abs().max() <= 2 * 2 * 4e-4  # at most two Adam steps of lr each
+        torch.testing.assert_close(b[key][keep], a[key][keep], rtol=1e-4, atol=2e-5)  # Adam steps are ~lr = 4e-4
     for key in plain.metrics:
         assert plain.metrics[key] == pytest.approx(fast.metrics[key], rel=1e-3, abs=1e-4)

@@ -68,8 +68,9 @@ def test_decomposition_and_traversal_from_the_checkpoint_artifact(trained, tmp_p
     run = collect_runs(RunSelection(run_ids=[run_id]), uri).iloc[0]
     loaded = figures.load_run(run, uri)
     decomposition = figures.decomposition(run, uri, tmp_path, num_images=16, loaded=loaded)
-    # The same model, images and random state as the run's final evaluation (16 images, I = 1).
-    assert decomposition.data["mse"].mean() == pytest.approx(run["test/mse"], rel=1e-9)
+    # The same model, images and random state as the run's final evaluation (16 images, I = 1); float32
+    # arithmetic, whose last bits may differ between the two passes (another random state would not be close).
+    assert decomposition.data["mse"].mean() == pytest.approx(run["test/mse"], rel=1e-6)
     assert decomposition.data["fg_ari"].mean() == pytest.approx(run["test/fg_ari"], abs=1e-6)  # float32 means
     assert decomposition.paths[0].stat().st_size > 5_000
     traversal = figures.latent_traversal(run, uri, tmp_path, num_images=16, num_dims=4, num_values=5, loaded=loaded)

@@ -218,7 +218,7 @@ def test_killed_trial_is_retried_from_its_last_checkpoint(tmp_path, ray_dir, pro
 
     def running():
         state = status.read_status(folder)
-        return state if state.get("state") == "running" and state["step"] >= CHECKPOINT_EVERY else None
+        return state if state.get("state") == "running" and CHECKPOINT_EVERY <= state["step"] <= STEPS // 2 else None
 
     seen = wait_for(running, "the trial's first checkpoint", driver)
     first = status.read_attempts(folder)[0]
@@ -344,7 +344,10 @@ def test_two_node_cluster_runs_trials_on_both_nodes_and_survives_losing_one(tmp_
     def running_on_worker():
         for trial_id, folder in folders.items():
             attempts, state = status.read_attempts(folder), status.read_status(folder)
-            if attempts and attempts[-1]["node_id"] == node_ids["worker"] and state.get("state") == "running":
+            # a second checkpoint (so Tune holds the first) and at most half way (so it is still
+            # running when the node goes)
+            if attempts and attempts[-1]["node_id"] == node_ids["worker"] and state.get("state") == "running" \
+                    and 2 * CHECKPOINT_EVERY <= state["step"] <= STEPS // 2:
                 return trial_id
         return None
 

@@ -89,6 +89,26 @@ def test_parameter_counts_at_each_dataset_configuration(model, dataset, expected
     assert count_parameters(built) == expected
 
 
+@pytest.mark.parametrize(
+    "experiment, expected",
+    [
+        ("tetrominoes", 467_364), ("multi_dsprites", 666_756), ("clevr6", 666_756), ("emorl_xs_clevr6", 1_031_364),
+        ("slot_attention_tetrominoes", 479_332), ("slot_attention_multi_dsprites", 479_332),
+        ("slot_attention_clevr6", 890_308), ("slot_mlp_tetrominoes", 852_260), ("slot_mlp_multi_dsprites", 917_924),
+        ("slot_mlp_clevr6", 1_361_732), ("iodine_tetrominoes", 163_984), ("iodine_multi_dsprites", 303_552),
+        ("iodine_clevr6", 1_175_184),
+    ],
+)
+def test_shipped_experiments_build_the_pinned_models(experiment, expected):
+    """What `emorl train experiment=...` builds: the counts above (docs/baselines.md, docs/model.md)."""
+    from omegaconf import OmegaConf
+
+    from emorl.config import compose
+
+    cfg = compose([f"experiment={experiment}"])
+    assert count_parameters(build_model(OmegaConf.to_container(cfg.model, resolve=True))) == expected
+
+
 def test_iodine_clevr_parameter_count_breakdown():
     """1,175,184 = decoder + f_phi (conv, MLP, LSTM, head, LayerNorms) + lambda_0 (docs/baselines.md)."""
     model = IODINE(IODINEConfig(image_size=96))

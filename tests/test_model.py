@@ -279,6 +279,47 @@ def test_every_switch_builds_runs_forward_and_backward(switch):
             assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
 
 
+def test_likelihood_switch_scores_the_same_decoding_by_eq12_or_eq13():
+    """Same weights, same noise, same decoding (float64); the step-0 NLL is Eq. 12 or Eq. 13 of it."""
+    from emorl.likelihoods import gaussian_nll, mixture_nll
+    from emorl.models.decoder import DecoderOutput
+
+    x = images().double()
+    target = (x + 1) / 2
+    outputs = {}
+    for likelihood in ("gaussian", "mixture"):
+        model = tiny(likelihood=likelihood, refine_steps=0).double()
+        torch.manual_seed(3)
+        outputs[likelihood] = model(x)
+    gaussian, mixture = outputs["gaussian"], outputs["mixture"]
+    torch.testing.assert_close(gaussian.components, mixture.components, rtol=0, atol=0)
+    decoded = DecoderOutput(gaussian.components, gaussian.masks.log())
+    eq12, eq13 = gaussian_nll(target, decoded, 0.3), mixture_nll(target, decoded, 0.3)
+    torch.testing.assert_close(gaussian.nll_steps[0], eq12, rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(mixture.nll_steps[0], eq13, rtol=1e-12, atol=1e-9)
+    assert (eq12 - eq13).abs().min() > 1e-3  # an untrained decoder's slots look alike, yet the two differ
+
+
+@pytest.mark.parametrize("decoder, layers, expected", [
+    # position Linear(4, D) = 160, then the convolutions (kernel, out channels); the count by hand
+    ("broadcast_light", [(5, 32)] * 3 + [(3, 4)], 160 + 3 * (32 * 32 * 25 + 32) + (32 * 4 * 9 + 4)),
+    ("broadcast", [(3, 64)] * 4 + [(3, 4)], 160 + (32 * 64 * 9 + 64) + 3 * (64 * 64 * 9 + 64) + (64 * 4 * 9 + 4)),
+    ("deconv", [(5, 64)] * 5 + [(3, 4)], 160 + (32 * 64 * 25 + 64) + 4 * (64 * 64 * 25 + 64) + (64 * 4 * 9 + 4)),
+])
+def test_decoder_switch_builds_the_named_decoder(decoder, layers, expected):
+    """At the Tetrominoes setting (K = 4, D = 32): the decoder's layers and size follow the switch."""
+    size = 64 if decoder == "deconv" else 35  # the deconvolutional decoder needs H, W divisible by 16
+    model = EfficientMORL(EMORLConfig(**{**TETROMINOES, "image_size": size, "decoder": decoder}))
+    kind = nn.ConvTranspose2d if decoder == "deconv" else nn.Conv2d
+    convs = [m for m in model.decoder.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    assert all(isinstance(c, kind) for c in convs)
+    assert sorted((c.kernel_size[0], c.out_channels) for c in convs) == sorted(layers)
+    assert count_parameters(model.decoder) == expected
+    assert count_parameters(model) - expected == 467_364 - 78_212  # everything but the decoder is shared
+    out = model(torch.zeros(1, 3, size, size), refine_steps=0)
+    assert out.reconstruction.shape == (1, 3, size, size)
+
+
 def test_refinement_kl_targets_of_each_prior_variant():
     x = images()
     # reversed: the refinement KL is against N(0, I) = p(z^L).

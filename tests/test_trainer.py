@@ -110,6 +110,30 @@ def test_resume_equals_an_uninterrupted_run_bit_for_bit(tmp_path, smoke_data):
     assert again.step == 7 and again.metrics == resumed.metrics
 
 
+def test_a_run_interrupted_mid_way_resumes_to_the_parameters_of_an_uninterrupted_run(tmp_path, smoke_data):
+    """Ctrl-C at step 5, two steps after the last checkpoint, with 2 data-loader workers; the same
+    command again continues from step 3 and ends bit for bit where an uninterrupted run ends."""
+    common = ["loss=geco", "loss.geco.target=-3000", "loss.geco.warm_start=2", "trainer.checkpoint_every=3",
+              "trainer.log_every=1", "trainer.max_steps=7", "data.num_workers=2", "tracking.backend=none"]
+    uninterrupted = train(smoke(tmp_path / "a", smoke_data, *common))
+
+    class CtrlC(TrainingHooks):
+        def on_log(self, step, metrics):
+            if step == 5:
+                raise KeyboardInterrupt
+
+    cfg = smoke(tmp_path / "b", smoke_data, *common)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, CtrlC()).run()
+    left = ckpt.load(tmp_path / "b" / "run" / "checkpoints" / "last.pt")
+    assert left["step"] == 3 and not left["finished"]
+    resumed = train(cfg)
+    assert resumed.step == 7
+    a, b = final_parameters(uninterrupted), final_parameters(resumed)
+    assert all(torch.equal(a[key], b[key]) for key in a), [k for k in a if not torch.equal(a[k], b[k])]
+    assert ckpt.load(uninterrupted.checkpoint)["geco"] == ckpt.load(resumed.checkpoint)["geco"]
+
+
 def test_resuming_with_different_settings_is_refused(tmp_path, smoke_data):
     train(smoke(tmp_path, smoke_data, "trainer.max_steps=2", "tracking.backend=none"))
     with pytest.raises(EmorlError, match=r"configuration differs in \['model.latent_dim'\]"):
@@ -165,6 +189,44 @@ def test_tracking_records_params_metrics_tags_and_artifacts(tmp_path, smoke_data
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"config.yaml", "figures", "checkpoints"} <= artifacts
     assert mlflow.search_runs(search_all_experiments=True).shape[0] == 1
+
+
+def test_the_geco_switch(tmp_path, smoke_data, capsys):
+    """loss=elbo: every step's loss is NLL + KL and no GECO state exists; loss=geco: after its warm start
+    the loss is GECO's, zeta moves and is tracked, and an unreachable target is warned about and tagged."""
+    from mlflow.tracking import MlflowClient
+
+    elbo = []
+    geco = []
+
+    class Recorder(TrainingHooks):
+        def __init__(self, into):
+            self.into = into
+
+        def on_log(self, step, metrics):
+            self.into.append(metrics)
+
+    common = ["trainer.max_steps=4", "trainer.log_every=1", "trainer.eval_every=100"]
+    result = Trainer(smoke(tmp_path / "elbo", smoke_data, *common, "loss=elbo", "tracking.backend=none"),
+                     Recorder(elbo)).run()
+    assert ckpt.load(result.checkpoint)["geco"] is None and not any("geco" in k for k in elbo[-1])
+    for metrics in elbo:
+        for i in (0, 1):  # smoke: I = 1
+            assert metrics[f"train/loss_step{i}"] == pytest.approx(
+                metrics[f"train/nll_step{i}"] + metrics[f"train/kl_step{i}"], rel=1e-5)
+    capsys.readouterr()
+
+    result = Trainer(smoke(tmp_path / "geco", smoke_data, *common, "loss=geco", "loss.geco.target=-4500",
+                           "loss.geco.warm_start=2"), Recorder(geco)).run()
+    assert "emorl: warning: GECO target C=-4500" in capsys.readouterr().err
+    assert "-4500" in MlflowClient().get_run(result.run_id).data.tags["emorl.geco_warning"]
+    zeta = [m["train/geco_zeta"] for m in geco]
+    assert zeta[0] == zeta[1] and zeta[3] > zeta[2] > zeta[1]  # unreachable target: zeta only grows
+    state = ckpt.load(result.checkpoint)["geco"]
+    assert state["zeta"] == pytest.approx(zeta[-1])
+    warm, after = geco[0], geco[-1]  # the warm start is the plain ELBO, then GECO's Lagrangian
+    assert warm["train/loss_step0"] == pytest.approx(warm["train/nll_step0"] + warm["train/kl_step0"], rel=1e-5)
+    assert after["train/loss_step0"] != pytest.approx(after["train/nll_step0"] + after["train/kl_step0"], rel=1e-3)
 
 
 def test_hooks_hear_evaluations_and_checkpoints(tmp_path, smoke_data):

@@ -28,7 +28,6 @@ pytestmark = pytest.mark.slow
 
 EMORL = [sys.executable, "-c", "import sys; from emorl.cli import main; sys.exit(main())"]
 STEPS, CHECKPOINT_EVERY, LOG_EVERY = 24, 4, 2
-LOGGED_STEPS = set(range(LOG_EVERY, STEPS + 1, LOG_EVERY))
 TRIAL_OVERRIDES = [f"trainer.max_steps={STEPS}", f"trainer.log_every={LOG_EVERY}", "trainer.eval_every=12",
                    f"trainer.checkpoint_every={CHECKPOINT_EVERY}", "data.batch_size=2", "trainer.eval_images=4",
                    "trainer.eval_batch_size=4", "tracking.flush_every_s=0"]  # every record reaches MLflow at once
@@ -87,7 +86,7 @@ def processes():
 class Driver:
     """`emorl sweep` in a subprocess, its output in a log file."""
 
-    def __init__(self, processes: list, tmp_path: Path, spec: Path, *args: str):
+    def __init__(self, processes: list, tmp_path: Path, spec: Path | str, *args: str):
         self.log = tmp_path / f"driver-{len(processes)}.log"
         self.process = subprocess.Popen([*EMORL, "sweep", str(spec), "--quiet", *args], stdout=self.log.open("w"),
                                         stderr=subprocess.STDOUT, start_new_session=True)
@@ -131,7 +130,7 @@ def tracked_runs(experiment: str) -> tuple[list, list]:
     return parents, children
 
 
-def assert_tracked(name: str, output: Path, ids: list[str]) -> None:
+def assert_tracked(name: str, output: Path, ids: list[str], steps: int = STEPS, log_every: int = LOG_EVERY) -> None:
     """One finished parent run and one finished child run per trial, with the sweep's tags and metrics."""
     client = MlflowClient(default_tracking_uri())
     parents, children = tracked_runs(name)
@@ -149,9 +148,9 @@ def assert_tracked(name: str, output: Path, ids: list[str]) -> None:
         assert f"smoke/{tags['emorl.variant']}/seed{tags['emorl.seed']}" == trial_id
         assert tags["emorl.git_commit"] and len(tags["emorl.config_hash"]) == 12
         assert tags["emorl.output_dir"] == str(output / trial_id)
-        assert child.data.params["trainer.max_steps"] == str(STEPS)
+        assert child.data.params["trainer.max_steps"] == str(steps)
         history = client.get_metric_history(child.info.run_id, "train/loss")
-        assert {m.step for m in history} == LOGGED_STEPS
+        assert {m.step for m in history} == set(range(log_every, steps + 1, log_every))
         assert 0.0 <= child.data.metrics["test/fg_ari"] <= 1.0
 
 
@@ -208,6 +207,21 @@ def test_sweep_tracks_every_trial_and_resumes_after_an_interrupt(tmp_path, ray_d
             assert resumed % CHECKPOINT_EVERY == 0
     assert_tracked(name, output, ids)
     assert f"mlflow ui --backend-store-uri {default_tracking_uri()}" in text
+
+
+def test_the_shipped_quickstart_runs_as_make_demo_does(tmp_path, ray_dir, processes):
+    """`emorl sweep quickstart` (the README's main command), as shipped: its data generated on first
+    use, 2 variants x 2 seeds of 30 steps, one parent and four child runs, and where to look."""
+    output = tmp_path / "quickstart"
+    driver = Driver(processes, tmp_path, "quickstart", "--output", str(output), "--ray-temp-dir", ray_dir)
+    assert driver.wait() == 0, driver.text()[-3000:]
+    text = driver.text()
+    ids = [f"smoke/{v}/seed{s}" for v in ("reversed_prior_pp", "bottom_up_prior") for s in (0, 1)]
+    assert "sweep quickstart: 4 of 4 trials finished (4 in this launch), 0 failed, 0 unfinished" in text
+    assert f"output folder: {output}" in text
+    assert f"browse with:   mlflow ui --backend-store-uri {default_tracking_uri()}" in text
+    assert_tracked("quickstart", output, ids, steps=30, log_every=5)
+    assert all(status.read_status(output / i)["state"] == "finished" for i in ids)
 
 
 def test_killed_trial_is_retried_from_its_last_checkpoint(tmp_path, ray_dir, processes):

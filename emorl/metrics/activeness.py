@@ -6,6 +6,10 @@ largest value of dimension d observed over the 100 images (all slots), the whole
 slot set is decoded, and the activeness of d for that image is the variance across
 the 6 decoded images (unbiased, as torch.var and the authors' code), averaged over
 pixels and channels. The paper's Fig. 9c-d shows the mean over images.
+
+With a slot-wise decoder (``decode_slots`` and ``compose``, as every spatial broadcast
+decoder has) only the swept slot is decoded again: the other K - 1 slots' outputs are
+decoded once per image and reused, the same images for K times less decoding.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import torch
 from emorl.errors import ConfigError, DatasetError
 
 Decoder = Callable[[torch.Tensor], torch.Tensor]  # latents [B, K, D] -> images [B, C, H, W]
+SlotDecoder = Callable[[torch.Tensor], torch.Tensor]  # one slot each: latents [N, D] -> outputs [N, ...]
+Composer = Callable[[torch.Tensor], torch.Tensor]  # per-slot outputs [B, K, ...] -> images [B, C, H, W]
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,8 @@ def activeness(
     num_values: int = 6,
     seed: int = 0,
     batch_size: int = 64,
+    decode_slots: SlotDecoder | None = None,
+    compose: Composer | None = None,
 ) -> ActivenessResult:
     """Activeness of each latent dimension over the first ``num_images`` images.
 
@@ -48,7 +56,10 @@ def activeness(
     ``decode`` maps latents [B, K, D] to images [B, C, H, W]; it is called under
     ``torch.no_grad`` on the latents' device with at most
     ``max(batch_size, num_values)`` slot sets at a time. The swept slot of each
-    image is drawn with a CPU generator seeded with ``seed``.
+    image is drawn with a CPU generator seeded with ``seed``. ``decode_slots`` and
+    ``compose`` (both or neither), when given, replace ``decode`` by a decoder whose
+    slots do not interact before ``compose``: ``decode(z) == compose(decode_slots(z
+    flattened over B, K) reshaped to [B, K, ...])``.
     """
     if not isinstance(latents, torch.Tensor) or latents.dim() != 3 or not latents.is_floating_point():
         shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
@@ -79,6 +90,14 @@ def activeness(
     sweep_values = sweep_min.unsqueeze(1) + (sweep_max - sweep_min).unsqueeze(1) * steps
     sweep_values[:, -1] = sweep_max  # exact end points
 
+    if (decode_slots is None) != (compose is None):
+        raise ConfigError("decode_slots and compose go together: pass both or neither")
+    if decode_slots is not None:
+        # Every slot of every image decoded once; a job re-decodes only its swept slot.
+        flat = latents.reshape(num_images * num_slots, latent_size)
+        cached = torch.cat([decode_slots(flat[i : i + batch_size]) for i in range(0, len(flat), batch_size)])
+        cached = cached.view(num_images, num_slots, *cached.shape[1:])
+
     # One job per (image, dimension): num_values perturbed copies of that image's slots.
     jobs = [(i, d) for i in range(num_images) for d in range(latent_size)]
     per_image = torch.zeros(num_images, latent_size, dtype=torch.float64)
@@ -88,10 +107,18 @@ def activeness(
         images = torch.tensor([i for i, _ in chunk], device=latents.device)
         dims = torch.tensor([d for _, d in chunk], device=latents.device)
         slots = slot_index.to(latents.device)[images]
-        perturbed = latents[images].unsqueeze(1).repeat(1, num_values, 1, 1)  # [J, V, K, D]
         rows = torch.arange(len(chunk), device=latents.device)
-        perturbed[rows, :, slots, dims] = sweep_values[dims]
-        decoded = decode(perturbed.reshape(-1, num_slots, latent_size))
+        if decode_slots is None:
+            perturbed = latents[images].unsqueeze(1).repeat(1, num_values, 1, 1)  # [J, V, K, D]
+            perturbed[rows, :, slots, dims] = sweep_values[dims]
+            decoded = decode(perturbed.reshape(-1, num_slots, latent_size))
+        else:
+            swept = latents[images, slots].unsqueeze(1).repeat(1, num_values, 1)  # [J, V, D]
+            swept[rows, :, dims] = sweep_values[dims]
+            outputs = cached[images].unsqueeze(1).repeat(1, num_values, *[1] * (cached.dim() - 1))  # [J, V, K, ...]
+            outputs[rows, :, slots] = decode_slots(swept.reshape(-1, latent_size)).view(
+                len(chunk), num_values, *cached.shape[2:]).to(cached.dtype)
+            decoded = compose(outputs.reshape(-1, *cached.shape[1:]))
         decoded = _check_decoded(decoded, len(chunk) * num_values)
         decoded = decoded.reshape(len(chunk), num_values, -1).to(torch.float64)
         # Variance is shift-invariant; subtracting the first image makes the variance

@@ -121,22 +121,35 @@ class SpatialBroadcastDecoder(nn.Module):
         slot_term = (slots @ tap_sums).view(len(slots), channels, *position_term.shape[-2:])
         return slot_term + position_term
 
-    def forward(self, slots: torch.Tensor) -> DecoderOutput:
-        batch, num_slots, dim = slots.shape
-        flat = slots.reshape(batch * num_slots, dim)
+    def decode_slots(self, slots: torch.Tensor) -> torch.Tensor:
+        """Each slot on its own: z [N, D] -> raw output [N, 4, H, W] (RGB logits, mask logit).
+
+        Slots do not interact before :meth:`compose`, so decoding a subset of them (one slot
+        changed in a latent traversal) and composing with the others' cached outputs gives
+        exactly what decoding the whole set gives.
+        """
         if self.factorized_first_layer:
-            hidden = self._first_layer_factorized(flat)
+            hidden = self._first_layer_factorized(slots)
         else:
-            hidden = self._first_layer_plain(flat)
+            hidden = self._first_layer_plain(slots)
         hidden = self.activation(hidden)
         for layer in self.hidden_layers[1:]:
             hidden = self.activation(layer(hidden))
         out = self.output_layer(hidden)
-        out = out.view(batch, num_slots, 4, *out.shape[-2:])
         if out.shape[-2:] != (self.height, self.width):  # a wrong layer spec, not user input
             raise RuntimeError(f"decoder produced {tuple(out.shape[-2:])}, expected {(self.height, self.width)}")
-        if out.dtype not in (torch.float32, torch.float64):  # bf16/fp16 under autocast: score in fp32
-            out = out.float()
-        rgb = torch.sigmoid(out[:, :, :3])
-        log_masks = torch.log_softmax(out[:, :, 3:], dim=1)
+        return out
+
+    @staticmethod
+    def compose(raw: torch.Tensor) -> DecoderOutput:
+        """Raw per-slot outputs [B, K, 4, H, W] -> RGB (sigmoid) and masks (softmax over K)."""
+        if raw.dtype not in (torch.float32, torch.float64):  # bf16/fp16 under autocast: score in fp32
+            raw = raw.float()
+        rgb = torch.sigmoid(raw[:, :, :3])
+        log_masks = torch.log_softmax(raw[:, :, 3:], dim=1)
         return DecoderOutput(rgb, log_masks)
+
+    def forward(self, slots: torch.Tensor) -> DecoderOutput:
+        batch, num_slots, dim = slots.shape
+        out = self.decode_slots(slots.reshape(batch * num_slots, dim))
+        return self.compose(out.view(batch, num_slots, 4, *out.shape[-2:]))

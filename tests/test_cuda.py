@@ -1,0 +1,104 @@
+"""The accelerator path: on a CUDA GPU the model, the optimised training step, bf16 autocast, the
+trainer and evaluation agree with the CPU. Skipped where there is no CUDA GPU; on a GPU machine run
+`pytest -m cuda`. EMORL_TEST_DEVICE=cpu runs the same tests against the CPU itself (a check of the
+tests, not of CUDA)."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+
+import emorl.models.gaussian as gaussian_module
+from emorl.models.emorl import EMORLConfig, EfficientMORL
+from tests.noise_tape import NoiseTape
+
+DEVICE = torch.device(os.environ.get("EMORL_TEST_DEVICE", "cuda"))
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(DEVICE.type == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+TINY = dict(image_size=16, num_slots=3, latent_dim=8, encoder_channels=16, decoder="broadcast_light", sigma=0.3,
+            stochastic_layers=2, refine_steps=2)
+
+
+def tiny(**overrides) -> EfficientMORL:
+    torch.manual_seed(0)
+    return EfficientMORL(EMORLConfig(**{**TINY, **overrides}))
+
+
+def images(batch=2, size=16, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 3, size, size, generator=generator) * 2 - 1
+
+
+@pytest.mark.parametrize("switch", [dict(), dict(likelihood="mixture", prior="bottom_up", decoder="broadcast")])
+def test_model_and_fused_step_on_the_device_equal_the_cpu(monkeypatch, switch):
+    """float64, the CPU's noise replayed on the device: loss, posterior and every gradient agree,
+    for the plain backward and for the trainer's fused forward_backward."""
+    tape = NoiseTape()
+    monkeypatch.setattr(gaussian_module, "standard_normal_like", tape)
+    cpu = tiny(**switch).double()
+    x = images().double()
+    expected = cpu(x)
+    expected.loss.backward()
+    for fused in (False, True):
+        tape.transform, tape.position = (lambda noise: noise.to(DEVICE)), 0
+        model = copy.deepcopy(cpu).to(DEVICE)
+        model.zero_grad(set_to_none=True)
+        got = model.forward_backward(x.to(DEVICE)) if fused else model(x.to(DEVICE))
+        if not fused:
+            got.loss.backward()
+        assert tape.position == len(tape.recorded)
+        torch.testing.assert_close(got.loss.detach().cpu(), expected.loss.detach(), rtol=1e-10, atol=1e-8)
+        torch.testing.assert_close(got.refined[-1].mean.detach().cpu(), expected.refined[-1].mean.detach(),
+                                   rtol=1e-9, atol=1e-11)
+        for (name, p), q in zip(cpu.named_parameters(), model.parameters()):
+            assert (p.grad is None) == (q.grad is None), name
+            if p.grad is not None:
+                scale = max(1.0, p.grad.abs().max().item())
+                torch.testing.assert_close(q.grad.cpu(), p.grad, rtol=1e-8, atol=1e-10 * scale, msg=name)
+
+
+def test_bf16_autocast_on_the_device_follows_fp32():
+    from emorl.engine.train import compute_gradients
+
+    def gradients(precision):
+        model = tiny().to(DEVICE)
+        torch.manual_seed(5)
+        out = compute_gradients(model, images(batch=4).to(DEVICE), 2, None, DEVICE, precision, fused=True)
+        return out.loss.detach().float().cpu(), torch.cat([p.grad.flatten() for p in model.parameters()]).cpu()
+
+    loss32, grad32 = gradients("fp32")
+    loss16, grad16 = gradients("bf16")
+    assert torch.isfinite(grad16).all() and not torch.equal(grad16, grad32)
+    assert abs(loss16 - loss32) < 0.02 * abs(loss32) + 1.0
+    assert torch.nn.functional.cosine_similarity(grad16, grad32, dim=0) > 0.98
+
+
+def test_trainer_and_evaluation_on_the_device(tmp_path):
+    """Three bf16 steps of the smoke setting on the device; `emorl evaluate` on the device repeats the
+    trainer's test metrics, and the checkpoint also loads and evaluates on the CPU."""
+    import math
+
+    from emorl.config import compose
+    from emorl.engine import checkpoint as ckpt
+    from emorl.engine.evaluation_run import run_evaluation
+    from emorl.engine.train import train
+
+    cfg = compose(["experiment=smoke", "trainer.max_steps=3", "trainer.progress=false", f"trainer.device={DEVICE}",
+                   "trainer.precision=bf16", "tracking.backend=none", f"trainer.output_dir={tmp_path / 'run'}"])
+    result = train(cfg)
+    state = ckpt.load(result.checkpoint, map_location="cpu")
+    assert state["step"] == 3 and all(v.device.type == "cpu" for v in state["model"].values())
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    on_device = run_evaluation(result.checkpoint, num_images=16, batch_size=16, device=str(DEVICE), no_tracking=True)
+    # bf16 (8 mantissa bits), and the trainer evaluates in channels_last: equal to rounding, and an
+    # argmax flipped at a few slot boundaries for the ARI
+    for name, tolerance in (("mse", dict(rel=5e-3)), ("kl", dict(rel=5e-3)), ("fg_ari", dict(abs=0.01))):
+        assert on_device[f"eval/tetrominoes/I1/{name}"] == pytest.approx(result.metrics[f"test/{name}"],
+                                                                          **tolerance), name
+    on_cpu = run_evaluation(result.checkpoint, num_images=16, batch_size=16, device="cpu", no_tracking=True)
+    assert all(math.isfinite(v) for v in on_cpu.values()) and 0 <= on_cpu["eval/tetrominoes/I1/fg_ari"] <= 1

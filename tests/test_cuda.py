@@ -12,26 +12,14 @@ import pytest
 import torch
 
 import emorl.models.gaussian as gaussian_module
-from emorl.models.emorl import EMORLConfig, EfficientMORL
 from tests.noise_tape import NoiseTape
+from tests.test_model import images, tiny  # the tiny configuration of the model tests
 
 DEVICE = torch.device(os.environ.get("EMORL_TEST_DEVICE", "cuda"))
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(DEVICE.type == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
-TINY = dict(image_size=16, num_slots=3, latent_dim=8, encoder_channels=16, decoder="broadcast_light", sigma=0.3,
-            stochastic_layers=2, refine_steps=2)
-
-
-def tiny(**overrides) -> EfficientMORL:
-    torch.manual_seed(0)
-    return EfficientMORL(EMORLConfig(**{**TINY, **overrides}))
-
-
-def images(batch=2, size=16, seed=1):
-    generator = torch.Generator().manual_seed(seed)
-    return torch.rand(batch, 3, size, size, generator=generator) * 2 - 1
 
 
 @pytest.mark.parametrize("switch", [dict(), dict(likelihood="mixture", prior="bottom_up", decoder="broadcast")])

@@ -229,6 +229,17 @@ def test_the_geco_switch(tmp_path, smoke_data, capsys):
     assert after["train/loss_step0"] != pytest.approx(after["train/nll_step0"] + after["train/kl_step0"], rel=1e-3)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_bf16_units_is_warned_about(tmp_path, smoke_data, capsys, monkeypatch, native):
+    import emorl.engine.train as train_module
+
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: native)
+    train(smoke(tmp_path, smoke_data, "trainer.max_steps=1", "trainer.precision=bf16", "trainer.device=cpu",
+                "tracking.backend=none"))
+    warned = "trainer.precision=bf16 on a CPU without AVX512_BF16 or AMX" in capsys.readouterr().err
+    assert warned == (not native)
+
+
 def test_hooks_hear_evaluations_and_checkpoints(tmp_path, smoke_data):
     events = []
 

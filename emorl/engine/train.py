@@ -88,6 +88,15 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def cpu_has_native_bf16() -> bool | None:
+    """Whether this CPU computes bf16 in hardware (AVX512_BF16 or AMX); None where it cannot be told."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return None
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
 def git_commit() -> str:
     """The commit of the code that runs (with a -dirty suffix), or 'unknown' outside a checkout."""
     folder = Path(__file__).resolve().parent
@@ -131,6 +140,10 @@ class Trainer:
     def _build(self) -> None:
         cfg, trainer = self.cfg, self.cfg.trainer
         self.device = resolve_device(trainer.device)
+        if trainer.precision == "bf16" and self.device.type == "cpu" and cpu_has_native_bf16() is False:
+            print("emorl: warning: trainer.precision=bf16 on a CPU without AVX512_BF16 or AMX: bf16 is emulated "
+                  "there and a training step is several times slower than in fp32 (docs/benchmarks.md); "
+                  "use trainer.precision=fp32 on this machine", file=sys.stderr)
         if trainer.num_threads:
             torch.set_num_threads(int(trainer.num_threads))
         seed_everything(int(cfg.seed))

@@ -40,6 +40,7 @@ def test_model_and_fused_step_on_the_device_equal_the_cpu(monkeypatch, switch):
         if not fused:
             got.loss.backward()
         assert tape.position == len(tape.recorded)
+        assert {t.device.type for t in (got.loss, got.step_weights, got.update_norms, got.nll_steps)} == {DEVICE.type}
         torch.testing.assert_close(got.loss.detach().cpu(), expected.loss.detach(), rtol=1e-10, atol=1e-8)
         torch.testing.assert_close(got.refined[-1].mean.detach().cpu(), expected.refined[-1].mean.detach(),
                                    rtol=1e-9, atol=1e-11)

@@ -345,8 +345,8 @@ class EfficientMORL(nn.Module):
             nll_steps=torch.stack([s.nll for s in steps]),
             kl_steps=torch.stack([s.kl for s in steps]),
             loss_steps=loss_steps,
-            step_weights=torch.tensor(weights),
-            update_norms=torch.stack(update_norms) if update_norms else torch.zeros(0),
+            step_weights=torch.tensor(weights, device=loss_steps.device),
+            update_norms=torch.stack(update_norms) if update_norms else loss_steps.new_zeros(0),
             extras=extras,
         )
 

@@ -127,3 +127,8 @@ def test_slotwise_decoding_gives_the_same_activeness(kind):
     assert bool((plain.per_image > 0).all())  # every dimension of a random decoder moves the image
     with pytest.raises(ConfigError, match="decode_slots and compose go together"):
         activeness(latents, lambda z: decoder(z).reconstruction(), num_images=5, decode_slots=decoder.decode_slots)
+    with pytest.raises(ConfigError, match="pass decode, or decode_slots and compose"):
+        activeness(latents, None, num_images=5)
+    fast_only = activeness(latents, None, num_images=5, seed=4, decode_slots=decoder.decode_slots,
+                           compose=lambda raw: decoder.compose(raw).reconstruction())
+    torch.testing.assert_close(fast_only.per_image, plain.per_image, rtol=1e-10, atol=1e-14)

@@ -90,6 +90,13 @@ def final_parameters(result) -> dict[str, torch.Tensor]:
     return ckpt.load(result.checkpoint)["model"]
 
 
+def assert_same_final_parameters(first, second) -> None:
+    """The two runs' final checkpoints hold bit-for-bit equal parameters."""
+    a, b = final_parameters(first), final_parameters(second)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[key], b[key]) for key in a), [key for key in a if not torch.equal(a[key], b[key])]
+
+
 def test_resume_equals_an_uninterrupted_run_bit_for_bit(tmp_path, smoke_data):
     common = ["loss=geco", "loss.geco.target=-3000", "loss.geco.warm_start=2", "trainer.checkpoint_every=3",
               "trainer.eval_every=3", "tracking.backend=none"]
@@ -98,10 +105,7 @@ def test_resume_equals_an_uninterrupted_run_bit_for_bit(tmp_path, smoke_data):
     assert first_part.step == 3
     resumed = train(smoke(tmp_path / "b", smoke_data, *common, "trainer.max_steps=7"))
     assert resumed.step == 7
-    a, b = final_parameters(uninterrupted), final_parameters(resumed)
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    assert_same_final_parameters(uninterrupted, resumed)
     state_a, state_b = ckpt.load(uninterrupted.checkpoint), ckpt.load(resumed.checkpoint)
     assert state_a["geco"] == state_b["geco"] and state_a["geco"]["c_ema"] is not None
     assert uninterrupted.metrics == resumed.metrics
@@ -129,8 +133,7 @@ def test_a_run_interrupted_mid_way_resumes_to_the_parameters_of_an_uninterrupted
     assert left["step"] == 3 and not left["finished"]
     resumed = train(cfg)
     assert resumed.step == 7
-    a, b = final_parameters(uninterrupted), final_parameters(resumed)
-    assert all(torch.equal(a[key], b[key]) for key in a), [k for k in a if not torch.equal(a[k], b[k])]
+    assert_same_final_parameters(uninterrupted, resumed)
     assert ckpt.load(uninterrupted.checkpoint)["geco"] == ckpt.load(resumed.checkpoint)["geco"]
 
 

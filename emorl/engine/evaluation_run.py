@@ -101,17 +101,13 @@ def disentanglement_metrics(model, dataset: MultiObjectDataset, loader, num_slot
         path.write_text(json.dumps({"factors": names, "importance": np.asarray(dci.importance_matrix).tolist()}))
         artifacts.append(path)
     if "activeness" in metrics:
-        def decode(latents):
-            decoded = model.decode(latents.to(device))
-            return decoded.reconstruction().float()
-
         def decode_slots(latents):  # every model's decoder is a spatial broadcast decoder
             return model.decoder.decode_slots(latents.to(device))
 
         def compose(raw):
             return model.decoder.compose(raw).reconstruction().float()
 
-        result = activeness(codes, decode, num_images=min(100, len(codes)), seed=seed, decode_slots=decode_slots,
+        result = activeness(codes, None, num_images=min(100, len(codes)), seed=seed, decode_slots=decode_slots,
                             compose=compose)
         per_dim = result.mean.cpu().numpy()
         results["activeness_mean"] = float(per_dim.mean())

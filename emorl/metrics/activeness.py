@@ -40,7 +40,7 @@ class ActivenessResult:
 @torch.no_grad()
 def activeness(
     latents: torch.Tensor,
-    decode: Decoder,
+    decode: Decoder | None,
     *,
     num_images: int = 100,
     num_values: int = 6,
@@ -57,10 +57,14 @@ def activeness(
     ``torch.no_grad`` on the latents' device with at most
     ``max(batch_size, num_values)`` slot sets at a time. The swept slot of each
     image is drawn with a CPU generator seeded with ``seed``. ``decode_slots`` and
-    ``compose`` (both or neither), when given, replace ``decode`` by a decoder whose
-    slots do not interact before ``compose``: ``decode(z) == compose(decode_slots(z
-    flattened over B, K) reshaped to [B, K, ...])``.
+    ``compose`` (both or neither), when given, replace ``decode`` (then ``None``) by a
+    decoder whose slots do not interact before ``compose``: ``decode(z) ==
+    compose(decode_slots(z flattened over B, K) reshaped to [B, K, ...])``.
     """
+    if (decode_slots is None) != (compose is None):
+        raise ConfigError("decode_slots and compose go together: pass both or neither")
+    if decode is None and decode_slots is None:
+        raise ConfigError("pass decode, or decode_slots and compose")
     if not isinstance(latents, torch.Tensor) or latents.dim() != 3 or not latents.is_floating_point():
         shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
         raise DatasetError(f"latents: got {shape}; expected a float tensor [N, K, D]")
@@ -90,8 +94,6 @@ def activeness(
     sweep_values = sweep_min.unsqueeze(1) + (sweep_max - sweep_min).unsqueeze(1) * steps
     sweep_values[:, -1] = sweep_max  # exact end points
 
-    if (decode_slots is None) != (compose is None):
-        raise ConfigError("decode_slots and compose go together: pass both or neither")
     if decode_slots is not None:
         # Every slot of every image decoded once; a job re-decodes only its swept slot.
         flat = latents.reshape(num_images * num_slots, latent_size)

@@ -111,7 +111,8 @@ def agreement(maps: int, channels: int, size: int, kernel: int, padding: int) ->
 
 
 def layer_table(repeats: int) -> None:
-    print("| layer | maps | float64 rel. difference | direct NCHW ms | direct channels_last ms | FFT ms | FFT speed-up |")
+    print("| layer | maps | float64 rel. difference | direct NCHW ms | direct channels_last ms | FFT ms "
+          "| FFT speed-up |")
     print("|---|---|---|---|---|---|---|")
     cpu = torch.device("cpu")
     for name, (maps, channels, size, kernel, padding) in LAYERS.items():

@@ -107,7 +107,7 @@ class TrainerConfig:
     eval_images: int = 320  # test images per evaluation (the paper: 320)
     eval_batch_size: int = 32
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    precision: str = "fp32"  # fp32 (IEEE, also on GPUs) | tf32 (CUDA TensorFloat-32) | bf16 (autocast)
     num_threads: int | None = None  # torch intra-op threads; None: torch's default
     resume: str = "auto"  # auto: continue from <output_dir>/checkpoints/last.pt if present | never | a path
     output_dir: str | None = None  # None: <output root>/runs/<name>/<variant>/seed<seed>
@@ -139,7 +139,7 @@ def register_schemas() -> None:
 
 CHOICES = {
     "decoder": ("broadcast", "broadcast_light", "deconv"),
-    "trainer.precision": ("fp32", "bf16"),
+    "trainer.precision": ("fp32", "tf32", "bf16"),
     "optim.decay_from": ("warmup_end", "start"),
     "optim.implementation": ("foreach", "fused", "single"),
     "tracking.backend": ("mlflow", "none"),

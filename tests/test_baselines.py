@@ -17,7 +17,7 @@ from emorl.models.decoder import DecoderOutput
 from emorl.models.emorl import EMORLConfig, EfficientMORL, count_parameters
 from emorl.models.iodine import IODINE, IODINEConfig, IODINEOutput, iodine_step_weights
 from emorl.models.slot_attention import SlotAttentionAutoEncoder, SlotAttentionConfig, SlotAttentionOutput
-from emorl.models.slot_mlp import SlotMLPAutoEncoder, SlotMLPConfig, SlotMLPOutput
+from emorl.models.slot_mlp import SlotMLPOutput
 from tests.noise_tape import NoiseTape
 
 # -- configurations ---------------------------------------------------------------------------------

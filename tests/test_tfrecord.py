@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from emorl.data import convert, tfrecord
+from emorl.data import convert
 from emorl.data.convert import SOURCE_FORMATS, convert_to_hdf5, write_source_file
 from emorl.data.layout import FACTORS, inspect
 from emorl.data.tfrecord import (Example, FixedLenFeature, TFRecordWriter, masked_crc32c, parse_example,

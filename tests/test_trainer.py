@@ -77,7 +77,7 @@ def test_paper_settings_carry_the_paper_hyperparameters():
         (["model.latent=3"], "valid settings of model 'efficient_morl': .*latent_dim"),
         (["trainer.max_steps=many"], "could not be converted to Integer"),
         (["model.prior=upward"], r"model.prior='upward' is not allowed; choose one of \['bottom_up'"),
-        (["trainer.precision=fp8"], r"trainer.precision='fp8' is not one of \['fp32', 'bf16'\]"),
+        (["trainer.precision=fp8"], r"trainer.precision='fp8' is not one of \['fp32', 'tf32', 'bf16'\]"),
         (["prior=sideways"], "options of group prior: bottom_up, reversed, reversed_pp"),
     ],
 )
@@ -234,13 +234,39 @@ def test_the_geco_switch(tmp_path, smoke_data, capsys):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_bf16_on_a_cpu_without_bf16_units_is_warned_about(tmp_path, smoke_data, capsys, monkeypatch, native):
-    import emorl.engine.train as train_module
+    import emorl.engine.precision as precision_module
 
-    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: native)
     train(smoke(tmp_path, smoke_data, "trainer.max_steps=1", "trainer.precision=bf16", "trainer.device=cpu",
                 "tracking.backend=none"))
     warned = "trainer.precision=bf16 on a CPU without AVX512_BF16 or AMX" in capsys.readouterr().err
     assert warned == (not native)
+
+
+@pytest.fixture
+def float32_flags():
+    """The process-wide float32 precision flags, restored after the test."""
+    names = [(torch.backends.cuda.matmul, "fp32_precision"), (torch.backends.cudnn.conv, "fp32_precision"),
+             (torch.backends.cudnn.rnn, "fp32_precision")]
+    saved = [getattr(obj, name) for obj, name in names]
+    yield lambda: [getattr(obj, name) for obj, name in names]
+    for (obj, name), value in zip(names, saved):
+        setattr(obj, name, value)
+
+
+def test_fp32_is_ieee_on_every_backend_and_tf32_is_asked_for(tmp_path, smoke_data, capsys, float32_flags):
+    """PyTorch lets cuDNN convolutions use TF32 by default; trainer.precision=fp32 turns that off
+    (the GPU computes what the CPU does), tf32 turns it on for matrix products too and is warned
+    about off CUDA."""
+    torch.backends.cudnn.conv.fp32_precision = "tf32"  # PyTorch's default
+    train(smoke(tmp_path / "fp32", smoke_data, "trainer.max_steps=1", "trainer.device=cpu", "tracking.backend=none"))
+    assert float32_flags() == ["ieee", "ieee", "ieee"]
+    assert "tf32" not in capsys.readouterr().err
+    result = train(smoke(tmp_path / "tf32", smoke_data, "trainer.max_steps=1", "trainer.precision=tf32",
+                         "trainer.device=cpu", "tracking.backend=none"))
+    assert float32_flags() == ["tf32", "tf32", "tf32"]
+    assert "trainer.precision=tf32 is a CUDA precision; on cpu this run computes IEEE fp32" in capsys.readouterr().err
+    assert result.step == 1
 
 
 def test_hooks_hear_evaluations_and_checkpoints(tmp_path, smoke_data):

@@ -7,10 +7,14 @@ Modes:
   fast       the same mathematics as the trainer runs it by default: factorized first decoder
              layer, one decoder backward per step (``forward_backward``), channels_last, fp32
   fast-bf16  ``fast`` under bf16 autocast (``trainer.precision=bf16``)
+  fast-tf32  ``fast`` with TensorFloat-32 matrix products and convolutions (CUDA, Ampere and newer;
+             ``trainer.precision=tf32``). Every other mode computes float32 as IEEE float32, on a
+             GPU too (``trainer.precision=fp32``).
 Prints a Markdown table (the median seconds of a test-time forward pass and of a training
 step over ``--repeats`` after ``--warmup``,
-FLOPs of convolutions and matrix products by torch's formulas, achieved GFLOP/s) and, with ``--profile``, the
-operators that cost most time for each row.
+FLOPs of convolutions and matrix products by torch's formulas, achieved GFLOP/s, and with
+``--peak-tflops`` their share of the device's peak) and, with ``--profile``, the operators that cost
+most time for each row.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ MODES = {  # model overrides, fused backward, precision, channels_last
     "fast": (dict(), True, "fp32", True),
     "fast-nchw": (dict(), True, "fp32", False),  # trainer.channels_last=false
     "fast-bf16": (dict(), True, "bf16", True),
+    "fast-tf32": (dict(), True, "tf32", True),
 }
 
 
@@ -49,14 +54,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoder and decoder")
     parser.add_argument("--profile", action="store_true", help="print the costliest operators per row")
+    parser.add_argument("--peak-tflops", nargs="+", default=[], metavar="PRECISION=TFLOPS",
+                        help="the device's peak for a column of achieved/peak, e.g. fp32=67 tf32=495 bf16=989 "
+                             "(dense, from the vendor's data sheet)")
 
 
 def build(setting: str, mode: str, device: torch.device, compile_modules: bool = False):
     """(model, optimiser, fused, precision, channels_last) of a setting in a mode."""
+    from emorl.engine.precision import set_float32_precision
     from emorl.models.emorl import EMORLConfig, EfficientMORL
 
     overrides, _ = SETTINGS[setting]
     model_overrides, fused, precision, channels_last = MODES[mode]
+    set_float32_precision(precision)
     torch.manual_seed(0)
     model = EfficientMORL(EMORLConfig(**overrides, **model_overrides)).to(device)
     if channels_last:
@@ -110,7 +120,7 @@ def time_steps(model, optimizer, images, refine_steps, fused, precision, device,
 def time_forward(model, images, refine_steps, precision, device, warmup, repeats) -> float:
     """Median seconds of a test-time forward pass (eval mode, ``torch.no_grad``; the refinement
     still computes its gradient inputs)."""
-    from emorl.engine.evaluate import autocast_context
+    from emorl.engine.precision import autocast_context
 
     def forward():
         with autocast_context(device, precision):
@@ -134,14 +144,33 @@ def profile_table(model, optimizer, images, refine_steps, fused, precision, devi
     return prof.key_averages().table(sort_by=key, row_limit=rows)
 
 
+def parse_peaks(items: list[str]) -> dict[str, float]:
+    """``["fp32=67", "bf16=989"]`` -> ``{"fp32": 67e12, "bf16": 989e12}`` (FLOP/s)."""
+    from emorl.engine.precision import PRECISIONS
+
+    peaks = {}
+    for item in items:
+        precision, _, value = item.partition("=")
+        try:
+            peaks[precision] = float(value) * 1e12
+        except ValueError:
+            raise SystemExit(f"--peak-tflops: {item!r} is not PRECISION=TFLOPS, e.g. bf16=989") from None
+        if precision not in PRECISIONS:
+            raise SystemExit(f"--peak-tflops: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    return peaks
+
+
 def run(args: argparse.Namespace) -> int:
+    peaks = parse_peaks(args.peak_tflops)
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"# emorl bench step: device={device}, torch {torch.__version__}, threads={torch.get_num_threads()}, "
           f"warmup={args.warmup}, repeats={args.repeats}{', compiled' if args.compile else ''}\n")
-    print("| setting | batch | I | mode | forward s | training step s (median) | min | GFLOP/step | GFLOP/s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    peak_column = " % of peak |" if peaks else ""
+    print("| setting | batch | I | mode | forward s | training step s (median) | min | GFLOP/step | GFLOP/s |"
+          + peak_column)
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|" if peaks else ""))
     profiles = []
     for item in args.settings:
         setting, _, steps_text = item.partition(":")
@@ -158,8 +187,12 @@ def run(args: argparse.Namespace) -> int:
                                args.repeats)
             median = statistics.median(times)
             forward = time_forward(model, images, refine_steps, precision, device, args.warmup, args.repeats)
+            share = ""
+            if peaks:
+                peak = peaks.get(precision)
+                share = f" {100 * flops / median / peak:.1f} |" if peak else " - |"
             print(f"| {setting} | {batch} | {refine_steps} | {mode} | {forward:.3f} | {median:.3f} | "
-                  f"{min(times):.3f} | {flops / 1e9:.0f} | {flops / 1e9 / median:.0f} |", flush=True)
+                  f"{min(times):.3f} | {flops / 1e9:.0f} | {flops / 1e9 / median:.0f} |{share}", flush=True)
             if args.profile:
                 profiles.append((f"{setting} I={refine_steps} {mode}",
                                  profile_table(model, optimizer, images, refine_steps, fused, precision, device)))

@@ -8,12 +8,11 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 from pathlib import Path
 
 import numpy as np
 
-from emorl.errors import ConfigError, EmorlError
+from emorl.errors import ConfigError
 
 # Colours of entities 0, 1, ... in pictures of masks (background gray, then distinct hues).
 ENTITY_COLORS = np.array(

@@ -44,7 +44,7 @@ from emorl.errors import DatasetError
 __all__ = [
     "BytesList", "FloatList", "Int64List", "Feature", "Features", "Example",
     "FixedLenFeature", "masked_crc32c", "frame_record", "read_records", "TFRecordWriter",
-    "parse_example", "serialize_example", "feature_sizes", "write_examples", "convert_to_hdf5",
+    "parse_example", "serialize_example", "feature_sizes", "write_examples",
 ]
 
 _MASK_DELTA = 0xA282EAD8

@@ -10,11 +10,11 @@ never changes the training run's randomness.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
 import torch
 
+from emorl.engine.precision import autocast_context
 from emorl.metrics import adjusted_rand_index, mse
 
 
@@ -36,12 +36,6 @@ class EvaluationResult:
     def flat_all(self, prefix: str) -> dict[str, float]:
         """``{prefix}/I{i}/{metric}`` for every I."""
         return {f"{prefix}/I{i}/{name}": value for i, values in self.metrics.items() for name, value in values.items()}
-
-
-def autocast_context(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _per_image(out, name: str, batch: int) -> torch.Tensor:

@@ -19,7 +19,8 @@ from emorl import config as config_module
 from emorl.data.hdf5 import MultiObjectDataset
 from emorl.engine import checkpoint as ckpt
 from emorl.engine.data import dataset_file, eval_loader
-from emorl.engine.evaluate import EvaluationResult, autocast_context, evaluate
+from emorl.engine.evaluate import EvaluationResult, evaluate
+from emorl.engine.precision import autocast_context, set_float32_precision
 from emorl.engine.train import resolve_device
 from emorl.errors import EmorlError
 from emorl.models import build_model
@@ -132,6 +133,7 @@ def run_evaluation(checkpoint: str | Path, refine_steps: list[int] | None = None
     steps = refine_steps or [container["curriculum"]["test_refine_steps"]]
     loader = eval_loader(dataset, num_images, batch_size)
     precision = container["trainer"].get("precision", "fp32")
+    set_float32_precision(precision)
     logged: dict[str, float] = {}
     if "ari" in metrics:
         result = evaluate(model, loader, steps, num_slots=num_slots, device=device, precision=precision, seed=seed)

@@ -26,7 +26,8 @@ from emorl import config as config_module
 from emorl.data.hdf5 import MultiObjectDataset
 from emorl.engine import checkpoint as ckpt
 from emorl.engine.data import dataset_file, eval_loader, file_fingerprint, train_loader
-from emorl.engine.evaluate import autocast_context, evaluate
+from emorl.engine.evaluate import evaluate
+from emorl.engine.precision import autocast_context, precision_warning, set_float32_precision
 from emorl.engine.figures import decomposition_figure
 from emorl.engine.schedule import learning_rate_factor, refine_steps_at
 from emorl.errors import ConfigError, EmorlError, TrainingError
@@ -88,15 +89,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def cpu_has_native_bf16() -> bool | None:
-    """Whether this CPU computes bf16 in hardware (AVX512_BF16 or AMX); None where it cannot be told."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return None
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
-
-
 def git_commit() -> str:
     """The commit of the code that runs (with a -dirty suffix), or 'unknown' outside a checkout."""
     folder = Path(__file__).resolve().parent
@@ -140,10 +132,10 @@ class Trainer:
     def _build(self) -> None:
         cfg, trainer = self.cfg, self.cfg.trainer
         self.device = resolve_device(trainer.device)
-        if trainer.precision == "bf16" and self.device.type == "cpu" and cpu_has_native_bf16() is False:
-            print("emorl: warning: trainer.precision=bf16 on a CPU without AVX512_BF16 or AMX: bf16 is emulated "
-                  "there and a training step is several times slower than in fp32 (docs/benchmarks.md); "
-                  "use trainer.precision=fp32 on this machine", file=sys.stderr)
+        warning = precision_warning(self.device, trainer.precision)
+        if warning:
+            print(f"emorl: warning: {warning}", file=sys.stderr)
+        set_float32_precision(trainer.precision)
         if trainer.num_threads:
             torch.set_num_threads(int(trainer.num_threads))
         seed_everything(int(cfg.seed))

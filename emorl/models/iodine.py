@@ -85,7 +85,7 @@ def leave_one_out_log_likelihood(log_masks: torch.Tensor, log_components: torch.
     The mixture of the other K - 1 components with their masks renormalised:
     sum_c [logsumexp_{j != k}(log pi_j + log N_jc) - logsumexp_{j != k} log pi_j].
     """
-    num_slots, channels = log_components.shape[1], log_components.shape[2]
+    num_slots = log_components.shape[1]
     left_out = torch.eye(num_slots, dtype=torch.bool, device=log_masks.device)[None, :, :, None, None, None]
     joint = (log_masks + log_components).unsqueeze(1).masked_fill(left_out, float("-inf"))  # [B, K, K, C, H, W]
     masks = log_masks.unsqueeze(1).masked_fill(left_out, float("-inf"))  # [B, K, K, 1, H, W]

@@ -75,8 +75,8 @@ def test_fp32_on_the_device_is_ieee_and_tf32_is_not(precision):
     tensor_cores = DEVICE.type == "cuda" and torch.cuda.get_device_capability(DEVICE)[0] >= 8
     if precision == "fp32" or not tensor_cores:
         assert max(errors) < 1e-5, errors
-    else:
-        assert min(errors) > 1e-4, errors
+    else:  # cuDNN may still pick a non-tensor-core kernel for one of them; at least one must show TF32
+        assert max(errors) > 1e-4, errors
 
 
 def test_bf16_autocast_on_the_device_follows_fp32():

@@ -145,7 +145,7 @@ def step_table(repeats: int) -> None:
     for label, encoder, decoder in (("direct (fast-nchw)", False, False), ("FFT decoder layers", False, True),
                                     ("FFT encoder layers", True, False), ("FFT both", True, True)):
         model, optimizer, fused, precision, _ = build("tetrominoes", "fast-nchw", cpu)
-        layers = [m for m in model.encoder.cnn[2::2]] if encoder else []  # the 64 -> 64 convolutions
+        layers = list(model.encoder.cnn[2::2]) if encoder else []  # the 64 -> 64 convolutions
         layers += list(model.decoder.hidden_layers[1:]) if decoder else []
         for conv in layers:
             conv.forward = lambda x, conv=conv: FFTConv2d.apply(x.contiguous(), conv.weight, conv.bias, conv.padding[0])

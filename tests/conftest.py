@@ -35,3 +35,15 @@ def _isolated_environment(tmp_path, tmp_path_factory, monkeypatch, mlflow_databa
     database = private / "mlflow.db"
     shutil.copy(mlflow_database_template, database)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{database}")
+
+
+@pytest.fixture
+def float32_flags():
+    """The process-wide float32 precision flags (emorl.engine.precision.FLOAT32_BACKENDS), restored
+    after the test; the fixture reads their current values."""
+    from emorl.engine.precision import FLOAT32_BACKENDS
+
+    saved = [backend.fp32_precision for backend in FLOAT32_BACKENDS]
+    yield lambda: [backend.fp32_precision for backend in FLOAT32_BACKENDS]
+    for backend, value in zip(FLOAT32_BACKENDS, saved):
+        backend.fp32_precision = value

@@ -52,26 +52,20 @@ def test_model_and_fused_step_on_the_device_equal_the_cpu(monkeypatch, switch):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "tf32"])
-def test_fp32_on_the_device_is_ieee_and_tf32_is_not(precision):
+def test_fp32_on_the_device_is_ieee_and_tf32_is_not(precision, float32_flags):
     """trainer.precision=fp32 computes convolutions and matrix products in IEEE float32 on the device
     (PyTorch's default lets cuDNN convolutions use TF32): equal to the CPU to float32 rounding. tf32
     on an Ampere or newer GPU is visibly less exact (10-bit mantissa)."""
     from emorl.engine.precision import set_float32_precision
 
-    saved = [torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision,
-             torch.backends.cudnn.rnn.fp32_precision]
     generator = torch.Generator().manual_seed(0)
     x, w = torch.randn(8, 64, 40, 40, generator=generator), torch.randn(64, 64, 3, 3, generator=generator) / 24
     a, b = torch.randn(512, 512, generator=generator), torch.randn(512, 512, generator=generator) / 22
-    try:
-        set_float32_precision(precision)
-        conv = torch.nn.functional.conv2d
-        errors = [((got.cpu() - want).abs().max() / want.abs().max()).item() for got, want in (
-            (conv(x.to(DEVICE), w.to(DEVICE)), conv(x.double(), w.double()).float()),
-            ((a.to(DEVICE) @ b.to(DEVICE)), (a.double() @ b.double()).float()))]
-    finally:
-        (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision,
-         torch.backends.cudnn.rnn.fp32_precision) = saved
+    set_float32_precision(precision)  # the fixture restores the flags
+    conv = torch.nn.functional.conv2d
+    errors = [((got.cpu() - want).abs().max() / want.abs().max()).item() for got, want in (
+        (conv(x.to(DEVICE), w.to(DEVICE)), conv(x.double(), w.double()).float()),
+        ((a.to(DEVICE) @ b.to(DEVICE)), (a.double() @ b.double()).float()))]
     tensor_cores = DEVICE.type == "cuda" and torch.cuda.get_device_capability(DEVICE)[0] >= 8
     if precision == "fp32" or not tensor_cores:
         assert max(errors) < 1e-5, errors

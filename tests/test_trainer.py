@@ -243,17 +243,6 @@ def test_bf16_on_a_cpu_without_bf16_units_is_warned_about(tmp_path, smoke_data, 
     assert warned == (not native)
 
 
-@pytest.fixture
-def float32_flags():
-    """The process-wide float32 precision flags, restored after the test."""
-    names = [(torch.backends.cuda.matmul, "fp32_precision"), (torch.backends.cudnn.conv, "fp32_precision"),
-             (torch.backends.cudnn.rnn, "fp32_precision")]
-    saved = [getattr(obj, name) for obj, name in names]
-    yield lambda: [getattr(obj, name) for obj, name in names]
-    for (obj, name), value in zip(names, saved):
-        setattr(obj, name, value)
-
-
 def test_fp32_is_ieee_on_every_backend_and_tf32_is_asked_for(tmp_path, smoke_data, capsys, float32_flags):
     """PyTorch lets cuDNN convolutions use TF32 by default; trainer.precision=fp32 turns that off
     (the GPU computes what the CPU does), tf32 turns it on for matrix products too and is warned

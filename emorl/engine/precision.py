@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 
 PRECISIONS = ("fp32", "tf32", "bf16")
+# the backends whose ``fp32_precision`` flag ("ieee" | "tf32") decides how they compute float32
+FLOAT32_BACKENDS = (torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn)
 
 
 def autocast_context(device: torch.device, precision: str):
@@ -29,10 +31,8 @@ def set_float32_precision(precision: str) -> None:
     """Set how CUDA matrix products, cuDNN convolutions and RNNs compute float32 (process-wide)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
-    mode = "tf32" if precision == "tf32" else "ieee"
-    torch.backends.cuda.matmul.fp32_precision = mode
-    torch.backends.cudnn.conv.fp32_precision = mode
-    torch.backends.cudnn.rnn.fp32_precision = mode
+    for backend in FLOAT32_BACKENDS:
+        backend.fp32_precision = "tf32" if precision == "tf32" else "ieee"
 
 
 def cpu_has_native_bf16() -> bool | None:

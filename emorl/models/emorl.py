@@ -369,16 +369,21 @@ def _detach_step(step: _Step) -> _Step:
     )
 
 
-def initialise_like_authors(model: nn.Module) -> None:
-    """The authors' initialisation (the paper does not give one).
+def initialise_like_authors(model: "EfficientMORL") -> None:
+    """The authors' initialisation (the paper does not give one), parameter by parameter as their
+    code builds the model:
 
-    xavier_normal(gain=0.02) and zero bias for every Conv/Linear, except the position
-    projections and the refinement GRU cell (PyTorch defaults) and the DualGRU (N(0, 1)).
-    LayerNorms and mu^0 = 0, s^0 = 1 keep their initial values.
+    * xavier_normal(gain=0.02) and zero bias for every Conv/Linear: encoder CNN and MLP, q/k/v,
+      the stochastic layers' MLPs, the prior network, the refinement MLP and heads, and the whole
+      decoder, *its position projection included* (it is part of their decoder module);
+    * N(0, 1) for every DualGRU parameter;
+    * PyTorch's defaults for the *encoder's* position projection and the refinement GRU cell
+      (and the single GRU of the "without DualGRU" ablation);
+    * LayerNorms and mu^0 = 0, s^0 = 1 keep their initial values.
     """
-    skip: set[int] = set()
+    skip: set[int] = {id(m) for m in model.encoder.position.modules()}
     for module in model.modules():
-        if module.__class__.__name__ == "PositionEmbedding" or isinstance(module, (nn.GRUCell, nn.GRU)):
+        if isinstance(module, (nn.GRUCell, nn.GRU)):
             skip.update(id(m) for m in module.modules())
     for module in model.modules():
         if id(module) in skip:

@@ -44,6 +44,7 @@ class DataConfig:
     image_size: int | None = None  # resize (CLEVR: 96); None: the file's size
     batch_size: int = 32
     num_workers: int = 0  # data-loader worker processes
+    on_device: str = "auto"  # hold the training split on the GPU (auto: when it fits and is read as stored) | true | false
 
 
 @dataclass
@@ -77,6 +78,7 @@ class GECOConfig:
     zeta_init: float = 0.55
     zeta_min: float = 0.55
     speedup: float = 1.0  # multiplies the step when the constraint is met (authors: a factor)
+    zeta_at_first_update: bool = True  # false: the authors' timing (zeta moves from step warm_start + 1)
 
 
 @dataclass
@@ -115,6 +117,7 @@ class TrainerConfig:
     fused_backward: bool = True  # one decoder backward per step (same gradients; see docs/benchmarks.md)
     channels_last: bool = True  # NHWC convolutions (faster on CPU and GPU; same results to float tolerance)
     compile: bool = False  # torch.compile the encoder and decoder (no gain measured on CPU; for GPUs)
+    cuda_graph: bool = True  # on CUDA, replay the training step as a CUDA graph (same results; docs/usage.md)
 
 
 @dataclass
@@ -143,6 +146,7 @@ CHOICES = {
     "optim.decay_from": ("warmup_end", "start"),
     "optim.implementation": ("foreach", "fused", "single"),
     "tracking.backend": ("mlflow", "none"),
+    "data.on_device": ("auto", "true", "false"),
 }
 
 
@@ -281,7 +285,8 @@ def flatten(container: dict, prefix: str = "") -> dict[str, Any]:
 
 # Settings that do not change the mathematics of a run: left out of the config hash.
 _NON_IDENTITY_PREFIXES = ("tracking.", "trainer.progress", "trainer.output_dir", "trainer.resume",
-                          "trainer.log_every", "trainer.num_threads", "data.num_workers", "trainer.device")
+                          "trainer.log_every", "trainer.num_threads", "data.num_workers", "trainer.device",
+                          "trainer.cuda_graph", "data.on_device")
 
 
 def config_hash(container: dict) -> str:

@@ -47,6 +47,23 @@ def crop_box(info: layout.FileInfo, image_hw: tuple[int, int]) -> tuple[int, int
     return None
 
 
+def to_unit_range(image: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float32 in [0, 1] (before any resize)."""
+    return image.float().div_(255.0)
+
+
+def to_model_range(image: torch.Tensor) -> torch.Tensor:
+    """[0, 1] -> [-1, 1], what the encoder sees (in place)."""
+    return image.mul_(2.0).sub_(1.0).clamp_(-1.0, 1.0)
+
+
+def pixel_values() -> torch.Tensor:
+    """The model-range value of each of the 256 uint8 levels [256], computed by exactly the
+    operations :meth:`MultiObjectDataset.__getitem__` applies when it does not resize: indexing
+    it with a split's uint8 pixels gives its images bit for bit (used on the GPU)."""
+    return to_model_range(to_unit_range(torch.arange(256, dtype=torch.uint8)))
+
+
 def resize_image(image: torch.Tensor, size: int) -> torch.Tensor:
     """Bilinear, antialiased resize of a float [3, H, W] image to [3, size, size]."""
     if tuple(image.shape[-2:]) == (size, size):
@@ -130,6 +147,23 @@ class MultiObjectDataset(Dataset):
             self._h5.close()
         self._h5, self._pid, self._datasets = None, None, {}
 
+    @property
+    def stored_as_returned(self) -> bool:
+        """Whether the returned images are the stored pixels unchanged in size (no crop, no resize)."""
+        stored_hw = self.info.split(self.split).image_shape[:2]
+        return self.crop is None and (self.image_size is None or (self.image_size,) * 2 == tuple(stored_hw))
+
+    def images_uint8(self) -> np.ndarray:
+        """Every image of the split as stored, uint8 [N, H, W, 3] (only when
+        :attr:`stored_as_returned`; see :func:`pixel_values`)."""
+        if not self.stored_as_returned:
+            raise DatasetError(f"{self.path}: the {self.split} images are cropped or resized when read; "
+                               "they cannot be used as stored")
+        try:
+            return np.asarray(self._arrays()["imgs"][...], dtype=np.uint8)
+        except (OSError, ValueError) as error:
+            raise DatasetError(f"{self.path}: key '{self.split}': cannot read the images ({error})") from error
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         index = int(index)
         if index < 0:
@@ -146,12 +180,12 @@ class MultiObjectDataset(Dataset):
             raise DatasetError(f"{self.path}: key '{self.split}': cannot read image {index} ({error})") from error
         if masks.ndim == 4:  # [O, H, W, 1] as the layout stores them
             masks = masks[..., 0]
-        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+        image = to_unit_range(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
         if self.image_size is not None:
             image = resize_image(image, self.image_size)
         factors = torch.from_numpy(np.asarray(factors, dtype=np.float32))
         return {
-            "image": image.mul_(2.0).sub_(1.0).clamp_(-1.0, 1.0),
+            "image": to_model_range(image),
             "masks": torch.from_numpy((masks > 0).astype(np.uint8)),
             "visibility": factors[:, -1].clone(),
             "factors": factors,

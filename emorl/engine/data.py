@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from emorl.data.hdf5 import MultiObjectDataset
-from emorl.errors import DatasetError
+from emorl.data.hdf5 import MultiObjectDataset, pixel_values
+from emorl.errors import ConfigError, DatasetError
 
 
 def dataset_file(data_cfg, progress: bool = True) -> Path:
@@ -87,6 +87,61 @@ def train_loader(dataset: MultiObjectDataset, batch_size: int, seed: int, start_
     # which drives the model's sampling (a resumed run would otherwise be shifted by one draw).
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
                       persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed))
+
+
+# The most a training split may take on the device when data.on_device=auto (uint8 pixels): the
+# Tetrominoes (220 MB) and Multi-dSprites (740 MB) splits fit many times over on a GPU.
+ON_DEVICE_AUTO_MAX_BYTES = 4 << 30
+
+
+class DeviceBatches:
+    """Endless training batches gathered on the device from the whole split held there as uint8.
+
+    The same batches as :func:`train_loader` (same :class:`ResumableBatchSampler` order) and the
+    same pixel values bit for bit (:func:`emorl.data.hdf5.pixel_values`), with no loader process,
+    no host-to-device copy per step and no host synchronisation: each batch is two kernels
+    (gather, value lookup). Only for splits read without crop or resize. Yields
+    ``{"image": [B, 3, H, W]}`` in channels_last memory (or contiguous NCHW).
+    """
+
+    def __init__(self, dataset: MultiObjectDataset, batch_size: int, seed: int, start_batch: int,
+                 device: torch.device, channels_last: bool = True):
+        self.sampler = ResumableBatchSampler(len(dataset), batch_size, seed, start_batch)
+        self.device, self.channels_last = device, channels_last
+        self.pixels = torch.from_numpy(dataset.images_uint8()).to(device)  # [N, H, W, 3]
+        self.values = pixel_values().to(device)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        sampler = self.sampler
+        epoch, offset = divmod(sampler.start_batch, sampler.batches_per_epoch)
+        size = sampler.batch_size
+        while True:
+            order = sampler._epoch(epoch).to(self.device)  # one small copy per epoch
+            for b in range(offset, sampler.batches_per_epoch):
+                pixels = self.pixels.index_select(0, order[b * size:(b + 1) * size])
+                images = self.values[pixels.long()].permute(0, 3, 1, 2)  # NHWC memory = channels_last
+                yield {"image": images if self.channels_last else images.contiguous()}
+            epoch, offset = epoch + 1, 0
+
+
+def use_device_batches(setting: str | bool, dataset: MultiObjectDataset, device: torch.device) -> bool:
+    """Whether to hold the training split on the device (``data.on_device``: auto, true, false)."""
+    if setting in (False, "false"):
+        return False
+    reasons = []
+    if device.type != "cuda":
+        reasons.append(f"the device is {device.type}, not a CUDA GPU")
+    if not dataset.stored_as_returned:
+        reasons.append("its images are cropped or resized when read (CLEVR)")
+    nbytes = len(dataset) * 3 * dataset.image_hw[0] * dataset.image_hw[1]
+    if setting in ("auto",) and nbytes > ON_DEVICE_AUTO_MAX_BYTES:
+        reasons.append(f"it takes {nbytes / 2**30:.1f} GiB (auto keeps at most {ON_DEVICE_AUTO_MAX_BYTES >> 30} GiB)")
+    if setting in (True, "true") and reasons:
+        raise ConfigError(f"data.on_device=true, but the training split cannot be held on the device: "
+                          f"{'; '.join(reasons)}; use data.on_device=auto or false")
+    if setting not in (True, "true", "auto"):
+        raise ConfigError(f"data.on_device={setting!r} is not one of auto, true, false")
+    return not reasons
 
 
 def eval_loader(dataset: MultiObjectDataset, num_images: int, batch_size: int, num_workers: int = 0) -> DataLoader:

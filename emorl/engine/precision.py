@@ -20,10 +20,11 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 FLOAT32_BACKENDS = (torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn)
 
 
-def autocast_context(device: torch.device, precision: str):
-    """bf16 autocast on ``device`` for ``bf16``; nothing otherwise."""
+def autocast_context(device: torch.device, precision: str, cache_enabled: bool = True):
+    """bf16 autocast on ``device`` for ``bf16``; nothing otherwise. ``cache_enabled=False`` while
+    capturing a CUDA graph (autocast's cache of cast weights must not outlive the capture)."""
     if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache_enabled)
     return contextlib.nullcontext()
 
 

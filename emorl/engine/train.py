@@ -25,18 +25,22 @@ from tqdm import tqdm
 from emorl import config as config_module
 from emorl.data.hdf5 import MultiObjectDataset
 from emorl.engine import checkpoint as ckpt
-from emorl.engine.data import dataset_file, eval_loader, file_fingerprint, train_loader
+from emorl.engine.data import (DeviceBatches, dataset_file, eval_loader, file_fingerprint, train_loader,
+                               use_device_batches)
 from emorl.engine.evaluate import evaluate
-from emorl.engine.precision import autocast_context, precision_warning, set_float32_precision
 from emorl.engine.figures import decomposition_figure
+from emorl.engine.precision import precision_warning, set_float32_precision
 from emorl.engine.schedule import learning_rate_factor, refine_steps_at
+from emorl.engine.step import (TrainingStep, compute_gradients, load_optimizer_state, make_optimizer,
+                               optimizer_state)
 from emorl.errors import ConfigError, EmorlError, TrainingError
-from emorl.geco import GECO, ELBOObjective, check_target_reachable
+from emorl.geco import GECO, check_target_reachable
 from emorl.models import build_model
 from emorl.tracking import MLflowTracker, Tracker, default_artifact_root
 
 # Settings that may change when a run is resumed (everything else must match the checkpoint).
-RESUMABLE_CHANGES = ("trainer.", "tracking.", "data.num_workers", "data.path")
+RESUMABLE_CHANGES = ("trainer.", "tracking.", "data.num_workers", "data.path", "data.on_device")
+__all__ = ["Trainer", "TrainingHooks", "TrainResult", "compute_gradients", "train"]
 
 
 class TrainingHooks:
@@ -56,22 +60,6 @@ class TrainResult:
     metrics: dict[str, float]  # the last evaluation
     checkpoint: Path
     run_id: str | None
-
-
-def compute_gradients(model, images: torch.Tensor, refine_steps: int, objective, device: torch.device,
-                      precision: str = "fp32", fused: bool = True):
-    """Forward pass and gradients of one training batch (the caller zeroes, clips and steps).
-
-    ``fused`` uses the model's ``forward_backward`` when it has one (EfficientMORL): the same
-    gradients with one decoder backward per refinement step. Returns the model's output.
-    """
-    with autocast_context(device, precision):
-        if fused and hasattr(model, "forward_backward"):
-            return model.forward_backward(images, refine_steps=refine_steps, objective=objective)
-        out = model(images, refine_steps=refine_steps, objective=objective)
-    if torch.isfinite(out.loss):
-        out.loss.backward()  # outside autocast, as PyTorch recommends
-    return out
 
 
 def resolve_device(name: str) -> torch.device:
@@ -155,23 +143,29 @@ class Trainer:
             raise ConfigError(f"model.image_size={model_size} but data {cfg.data.name} gives {size[0]}x{size[1]} "
                               "images; set data.image_size (the model follows it)")
         optim = cfg.optim
-        implementation = {"foreach": {"foreach": True}, "fused": {"fused": True}, "single": {"foreach": False}}
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=optim.lr, betas=tuple(optim.betas),
-                                          eps=optim.eps, **implementation[optim.implementation])
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: learning_rate_factor(
-            step, optim.warmup_steps, optim.decay_rate, optim.decay_steps, optim.decay_from))
+        self.optimizer = make_optimizer(self.model, optim, self.device)
         self.geco = None
         self.geco_warning = None
         if cfg.loss.geco.enabled:
             g = cfg.loss.geco
             self.geco = GECO(g.target, g.step_size, g.ema, g.warm_start, g.zeta_init, g.zeta_min, g.speedup,
-                             cfg.loss.kl_beta)
+                             cfg.loss.kl_beta, g.zeta_at_first_update, device=self.device)
             sigma = self.container["model"].get("sigma", 0.1)
             with warnings.catch_warnings(record=True):
                 warnings.simplefilter("always")
                 self.geco_warning = check_target_reachable(g.target, 3 * size[0] * size[1], sigma)
             if self.geco_warning:
                 print(f"emorl: warning: {self.geco_warning}", file=sys.stderr)
+
+        def lr_at(step: int) -> float:  # the schedule, as a LambdaLR over the configured lr computed it
+            return optim.lr * learning_rate_factor(step, optim.warmup_steps, optim.decay_rate, optim.decay_steps,
+                                                   optim.decay_from)
+
+        self.lr_at = lr_at
+        self.training_step = TrainingStep(
+            self.model, self.optimizer, lr_at, device=self.device, clip_norm=optim.grad_clip_norm,
+            kl_beta=cfg.loss.kl_beta, geco=self.geco, precision=trainer.precision, fused=trainer.fused_backward,
+            cuda_graph=trainer.cuda_graph)
         self.step = 0
 
     def _restore(self) -> bool:
@@ -193,8 +187,7 @@ class Trainer:
             raise EmorlError(f"cannot resume {path}: the configuration differs in {changed}; "
                              "use the same settings, or another trainer.output_dir for a new run")
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         if self.geco is not None:
             self.geco.load_state_dict(state["geco"])
         ckpt.set_rng_state(state["rng"])
@@ -246,50 +239,30 @@ class Trainer:
         self.tracker = tracker
 
     # -- steps ---------------------------------------------------------------------------------------
-    def _objective(self):
-        if self.geco is not None:
-            return self.geco.objective(self.step)
-        return ELBOObjective(self.cfg.loss.kl_beta)
-
-    def _train_step(self, batch: dict) -> dict[str, torch.Tensor]:
-        images = batch["image"].to(self.device, non_blocking=True)
-        if self.cfg.trainer.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+    def _refine_steps(self) -> int:
         curriculum = self.cfg.curriculum
-        refine_steps = refine_steps_at(self.step, curriculum.refine_steps, curriculum.milestones,
-                                       curriculum.milestone_refine_steps)
-        self.optimizer.zero_grad(set_to_none=True)
-        out = compute_gradients(self.model, images, refine_steps, self._objective(), self.device,
-                                self.cfg.trainer.precision, self.cfg.trainer.fused_backward)
-        scalars = out.scalars()
-        clip = self.cfg.optim.grad_clip_norm
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip else float("inf"))
-        scalars["grad_norm"] = grad_norm.detach()
-        if not (torch.isfinite(out.loss) and torch.isfinite(grad_norm)):
-            self._fail_non_finite(scalars)
-        self.optimizer.step()
-        self.scheduler.step()
-        if self.geco is not None:
-            self.geco.update(float(scalars["nll"]), self.step)
-            scalars["geco_zeta"] = torch.tensor(self.geco.state.zeta)
-            scalars["geco_multiplier"] = torch.tensor(self.geco.multiplier)
-            if self.geco.state.c_ema is not None:
-                scalars["geco_c_ema"] = torch.tensor(self.geco.state.c_ema)
-        scalars["refine_steps"] = torch.tensor(float(refine_steps))
-        scalars["lr"] = torch.tensor(self.optimizer.param_groups[0]["lr"])
-        return scalars
+        return refine_steps_at(self.step, curriculum.refine_steps, curriculum.milestones,
+                               curriculum.milestone_refine_steps)
 
-    def _fail_non_finite(self, scalars: dict[str, torch.Tensor]) -> None:
-        terms = ", ".join(f"{k}={float(v):.6g}" for k, v in sorted(scalars.items()))
+    def _check_finite(self) -> None:
+        """Stop (keeping the last good checkpoint) if any step so far had a non-finite loss or
+        gradient norm. Called before every log, evaluation and checkpoint: once per interval, not
+        per step, so that steps never wait for the host."""
+        found = self.training_step.first_non_finite()
+        if found is None:
+            return
+        step, scalars = found
+        terms = ", ".join(f"{k}={v:.6g}" for k, v in sorted(scalars.items()))
         kept = (f"the last good checkpoint {self.checkpoint_path} is kept" if self.checkpoint_path.exists()
                 else "no checkpoint had been written yet")
-        message = (f"non-finite loss or gradient at training step {self.step}: {terms}. Training stopped; {kept}. "
+        message = (f"non-finite loss or gradient at training step {step}: {terms}. Training stopped; {kept}. "
                    "Lower optim.lr or check the data, then run again (trainer.resume=auto continues from the "
                    "checkpoint).")
         self.tracker.set_tags({"emorl.failure": message[:5000]})
         raise TrainingError(message)
 
     def _evaluate(self) -> dict[str, float]:
+        self._check_finite()
         cfg, trainer = self.cfg, self.cfg.trainer
         loader = eval_loader(self.test_set, trainer.eval_images, trainer.eval_batch_size, cfg.data.num_workers)
         result = evaluate(self.model, loader, cfg.curriculum.test_refine_steps, device=self.device,
@@ -307,9 +280,10 @@ class Trainer:
         return metrics
 
     def _save(self, finished: bool = False) -> Path:
+        self._check_finite()  # no non-finite value ever reaches a checkpoint
         payload = {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "geco": self.geco.state_dict() if self.geco else None,
+            "model": self.model.state_dict(), "optimizer": optimizer_state(self.optimizer),
+            "lr": self.lr_at(self.step), "geco": self.geco.state_dict() if self.geco else None,
             "rng": ckpt.rng_state(), "step": self.step, "data_position": self.step, "config": self.container,
             "last_eval": self.last_eval, "finished": finished, "tracking_run_id": self.tracker.run_id,
         }
@@ -328,10 +302,15 @@ class Trainer:
                                self.tracker.run_id or ckpt.load(self.checkpoint_path).get("tracking_run_id"))
         self._start_tracking()
         trainer = self.cfg.trainer
-        loader = train_loader(self.train_set, self.cfg.data.batch_size, int(self.cfg.seed), self.step,
-                              self.cfg.data.num_workers, pin_memory=self.device.type == "cuda")
-        batches = iter(loader)
-        sums: dict[str, torch.Tensor] = {}
+        data = self.cfg.data
+        if use_device_batches(data.on_device, self.train_set, self.device):
+            batches = iter(DeviceBatches(self.train_set, data.batch_size, int(self.cfg.seed), self.step, self.device,
+                                         trainer.channels_last))
+        else:
+            batches = iter(train_loader(self.train_set, data.batch_size, int(self.cfg.seed), self.step,
+                                        data.num_workers, pin_memory=self.device.type == "cuda"))
+        self.training_step.start_at(self.step)
+        host_sums = {"refine_steps": 0.0, "lr": 0.0}  # known on the host: summed there
         count, interval_start = 0, time.perf_counter()
         bar = tqdm(total=trainer.max_steps, initial=self.step, disable=not trainer.progress, unit="step",
                    mininterval=2.0, dynamic_ncols=True, desc=f"{self.cfg.name}/{self.cfg.variant}/seed{self.cfg.seed}")
@@ -341,19 +320,26 @@ class Trainer:
                 started = time.perf_counter()
                 batch = next(batches)
                 data_wait += time.perf_counter() - started
-                scalars = self._train_step(batch)
+                images = batch["image"].to(self.device, non_blocking=True)
+                if trainer.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                refine_steps = self._refine_steps()
+                host_sums["refine_steps"] += refine_steps
+                host_sums["lr"] += self.lr_at(self.step)
+                self.training_step(images, self.step, refine_steps)
                 self.step += 1
                 bar.update(1)
-                for key, value in scalars.items():
-                    sums[key] = sums.get(key, 0.0) + value.detach().float()
                 count += 1
                 if self.step % trainer.log_every == 0 or self.step == trainer.max_steps:
-                    elapsed = time.perf_counter() - interval_start
-                    metrics = {f"train/{k}": float(v) / count for k, v in sums.items()}
+                    self._check_finite()
+                    metrics = {f"train/{k}": v for k, v in self.training_step.read_interval().items()}
+                    metrics.update({f"train/{k}": v / count for k, v in host_sums.items()})
+                    elapsed = time.perf_counter() - interval_start  # after the read: the device's work included
                     metrics["train/steps_per_sec"] = count / max(elapsed, 1e-9)
                     metrics["train/data_wait_fraction"] = data_wait / max(elapsed, 1e-9)
                     metrics["train/tracking_fraction"] = tracking_time / max(elapsed, 1e-9)
-                    sums, count, interval_start = {}, 0, time.perf_counter()
+                    host_sums = dict.fromkeys(host_sums, 0.0)
+                    count, interval_start = 0, time.perf_counter()
                     self.tracker.log_metrics(metrics, self.step)
                     data_wait, tracking_time = 0.0, time.perf_counter() - interval_start
                     self.hooks.on_log(self.step, metrics)

@@ -123,6 +123,7 @@ class _Step:
 class EfficientMORL(nn.Module):
     """The EfficientMORL model. ``forward(images)`` returns an :class:`EMORLOutput`."""
 
+    supports_cuda_graph = True  # no host synchronisation in a training step (emorl.engine.step)
     supports_keep_steps = True  # forward(..., keep_steps=True) returns every step's outputs
 
     def __init__(self, config: EMORLConfig | None = None, **overrides):
@@ -140,6 +141,7 @@ class EfficientMORL(nn.Module):
                                                factorized_first_layer=c.factorized_decoder)
         if c.init == "authors":
             initialise_like_authors(self)
+        self._weight_tensors: dict = {}  # see _weights_tensor
 
     # -- input checks ------------------------------------------------------------------------
     def _check_inputs(self, images: torch.Tensor, num_slots: int, refine_steps: int) -> None:
@@ -345,10 +347,19 @@ class EfficientMORL(nn.Module):
             nll_steps=torch.stack([s.nll for s in steps]),
             kl_steps=torch.stack([s.kl for s in steps]),
             loss_steps=loss_steps,
-            step_weights=torch.tensor(weights, device=loss_steps.device),
+            step_weights=self._weights_tensor(weights, loss_steps.device),
             update_norms=torch.stack(update_norms) if update_norms else loss_steps.new_zeros(0),
             extras=extras,
         )
+
+    def _weights_tensor(self, weights: list[float], device: torch.device) -> torch.Tensor:
+        """Eq. 8's weights as a tensor on ``device``, made once per (weights, device): a host-to-device
+        copy inside a training step would synchronise it and cannot be captured in a CUDA graph."""
+        key = (tuple(weights), device)
+        cached = self._weight_tensors.get(key)
+        if cached is None:
+            cached = self._weight_tensors[key] = torch.tensor(weights, device=device)
+        return cached
 
     @torch.no_grad()
     def decode(self, slots: torch.Tensor) -> DecoderOutput:

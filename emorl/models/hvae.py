@@ -137,7 +137,9 @@ class BottomUpInference(nn.Module):
         """Lines 8-11: softmax over slots, + eps, renormalised over pixels. Returns (Theta, alpha)."""
         query = self.to_q(self.query_norm(query_sample)) * self.latent_dim ** -0.5  # [B, K, D]
         logits = torch.einsum("bkd,bnd->bkn", query, keys)
-        attention = torch.softmax(logits.float(), dim=1).to(values.dtype) + self.attention_eps
+        if logits.dtype in (torch.float16, torch.bfloat16):  # autocast: the softmax in float32
+            logits = logits.float()
+        attention = torch.softmax(logits, dim=1).to(values.dtype) + self.attention_eps
         attention = attention / attention.sum(dim=-1, keepdim=True)
         return torch.bmm(attention, values), attention
 

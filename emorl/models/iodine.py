@@ -244,6 +244,8 @@ class _Step:
 class IODINE(nn.Module):
     """IODINE. ``forward(images)`` returns an :class:`IODINEOutput`."""
 
+    supports_cuda_graph = True  # no host synchronisation in a training step (emorl.engine.step)
+
     def __init__(self, config: IODINEConfig | None = None, **overrides):
         super().__init__()
         config = config or IODINEConfig()

@@ -170,6 +170,8 @@ class SlotAttention(nn.Module):
 class SlotAttentionAutoEncoder(nn.Module):
     """Encoder -> Slot Attention -> spatial broadcast decoder, trained with the MSE."""
 
+    supports_cuda_graph = True  # no host synchronisation in a training step (emorl.engine.step)
+
     def __init__(self, config: SlotAttentionConfig | None = None, **overrides):
         super().__init__()
         config = config or SlotAttentionConfig()

@@ -68,6 +68,8 @@ class SlotMLPOutput(SlotModelOutput):
 class SlotMLPAutoEncoder(nn.Module):
     """Encoder -> mean over positions -> MLP -> K ordered slots -> spatial broadcast decoder."""
 
+    supports_cuda_graph = True  # no host synchronisation in a training step (emorl.engine.step)
+
     def __init__(self, config: SlotMLPConfig | None = None, **overrides):
         super().__init__()
         config = config or SlotMLPConfig()

@@ -144,12 +144,12 @@ def step_table(repeats: int) -> None:
     print("\n| Tetrominoes I = 3 step | median s | min s |\n|---|---|---|")
     for label, encoder, decoder in (("direct (fast-nchw)", False, False), ("FFT decoder layers", False, True),
                                     ("FFT encoder layers", True, False), ("FFT both", True, True)):
-        model, optimizer, fused, precision, _ = build("tetrominoes", "fast-nchw", cpu)
-        layers = list(model.encoder.cnn[2::2]) if encoder else []  # the 64 -> 64 convolutions
-        layers += list(model.decoder.hidden_layers[1:]) if decoder else []
+        run = build("tetrominoes", "fast-nchw", cpu, images, refine_steps=3)
+        layers = list(run.model.encoder.cnn[2::2]) if encoder else []  # the 64 -> 64 convolutions
+        layers += list(run.model.decoder.hidden_layers[1:]) if decoder else []
         for conv in layers:
             conv.forward = lambda x, conv=conv: FFTConv2d.apply(x.contiguous(), conv.weight, conv.bias, conv.padding[0])
-        times = time_steps(model, optimizer, images, 3, fused, precision, cpu, warmup=1, repeats=repeats)
+        times = time_steps(run, cpu, warmup=1, repeats=repeats)
         print(f"| {label} | {statistics.median(times):.3f} | {min(times):.3f} |", flush=True)
 
 

@@ -1,9 +1,23 @@
-"""Shared test setup: keep every tool out of the home directory, and keep runs small."""
+"""Shared test setup: keep every tool out of the home directory, and keep runs small.
 
+On a GPU machine that has only PyTorch and the pure-Python configuration stack (no MLflow, no Ray;
+docs/benchmarks.md, "GPU checks"), ``pytest -m cuda`` collects tests/test_cuda.py alone and the
+tests run without an MLflow store."""
+
+import importlib.util
 import os
 import shutil
 
 import pytest
+
+HAS_MLFLOW = importlib.util.find_spec("mlflow") is not None
+
+
+def pytest_ignore_collect(collection_path, config):
+    """``-m cuda`` collects the CUDA tests only (the other files import Ray or MLflow)."""
+    if config.getoption("markexpr", "").strip() == "cuda" and collection_path.name.startswith("test_"):
+        return collection_path.name != "test_cuda.py" or None
+    return None
 
 
 def pytest_configure(config):
@@ -25,16 +39,17 @@ def mlflow_database_template(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _isolated_environment(tmp_path, tmp_path_factory, monkeypatch, mlflow_database_template):
+def _isolated_environment(tmp_path, tmp_path_factory, monkeypatch, request):
     """Every test writes under its own folders: data and outputs under tmp_path, its MLflow store
     and matplotlib cache beside it (so tmp_path holds only what the test itself writes)."""
     monkeypatch.setenv("EMORL_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("EMORL_OUTPUT_DIR", str(tmp_path / "outputs"))
     private = tmp_path_factory.mktemp("env")
     monkeypatch.setenv("MPLCONFIGDIR", str(private / "mpl"))
-    database = private / "mlflow.db"
-    shutil.copy(mlflow_database_template, database)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{database}")
+    if HAS_MLFLOW:
+        database = private / "mlflow.db"
+        shutil.copy(request.getfixturevalue("mlflow_database_template"), database)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{database}")
 
 
 @pytest.fixture

@@ -113,3 +113,175 @@ def test_trainer_and_evaluation_on_the_device(tmp_path):
                                                                           **tolerance), name
     on_cpu = run_evaluation(result.checkpoint, num_images=16, batch_size=16, device="cpu", no_tracking=True)
     assert all(math.isfinite(v) for v in on_cpu.values()) and 0 <= on_cpu["eval/tetrominoes/I1/fg_ari"] <= 1
+
+
+# -- the CUDA-graph training step and the sync-free trainer (issue 14) -------------------------------
+def _graph_and_eager(model_kind: str, steps: int = 9):
+    """Two copies of a tiny model trained for ``steps`` steps with the same noise: one replaying the
+    step as a CUDA graph, one eager. GECO's warm start ends at step 3, I goes 2 -> 1 at step 5, and
+    step 7 has a smaller batch (a new key each time: eager warm-up, then a new capture)."""
+    from emorl.engine.step import TrainingStep, make_optimizer
+    from emorl.geco import GECO
+    from emorl.models import build_model
+    from tests.test_step import Optim, lr_at
+
+    configs = {
+        "efficient_morl": dict(name="efficient_morl", image_size=16, num_slots=3, latent_dim=8, encoder_channels=16,
+                               decoder="broadcast_light", sigma=0.3, stochastic_layers=2, refine_steps=2),
+        "slot_attention": dict(name="slot_attention", image_size=16, num_slots=3, slot_dim=8, encoder_channels=16,
+                               mlp_hidden=16, decoder="broadcast_light"),
+        "slot_mlp": dict(name="slot_mlp", image_size=16, num_slots=3, slot_dim=8, encoder_channels=16,
+                         decoder="broadcast_light"),
+        "iodine": dict(name="iodine", image_size=16, num_slots=3, latent_dim=8, refine_steps=2,
+                       decoder="broadcast_light", refine_channels=16, refine_mlp=[32], lstm_hidden=16),
+    }
+    runs = {}
+    for graph in (True, False):
+        torch.manual_seed(0)
+        model = build_model(configs[model_kind]).to(DEVICE).to(memory_format=torch.channels_last)
+        geco = GECO(-2000.0, step_size=1e-3, warm_start=3, device=DEVICE) if model_kind == "efficient_morl" else None
+        step = TrainingStep(model, make_optimizer(model, Optim, DEVICE), lr_at, device=DEVICE, clip_norm=5.0,
+                            geco=geco, cuda_graph=graph)
+        step.start_at(0)
+        torch.manual_seed(1)
+        means = []
+        for index in range(steps):
+            batch = 2 if index == 7 else 4
+            x = images(batch=batch, seed=index).to(DEVICE).contiguous(memory_format=torch.channels_last)
+            step(x, index, 2 if index < 5 else 1)
+            means.append(step.read_interval())
+        runs[graph] = (model, step, means, geco)
+    return runs
+
+
+@pytest.mark.parametrize("model_kind", ["efficient_morl", "slot_attention", "slot_mlp", "iodine"])
+def test_the_cuda_graph_step_computes_the_eager_step(model_kind):
+    """Replayed steps give the eager steps' losses and parameters, across GECO's warm start, a change
+    of I and a smaller batch; the replays draw the same noise as the eager steps."""
+    if DEVICE.type != "cuda":
+        pytest.skip("CUDA graphs need a CUDA GPU")
+    runs = _graph_and_eager(model_kind)
+    (graphed, step, means, geco), (eager, _, eager_means, eager_geco) = runs[True], runs[False]
+    assert step.graph_failure is None and step.captures >= 2 and step.replays >= 2, (step.captures, step.replays)
+    for mine, theirs in zip(means, eager_means):
+        assert mine.keys() == theirs.keys()
+        for name in theirs:
+            assert mine[name] == pytest.approx(theirs[name], rel=1e-4, abs=1e-5), name
+    for (name, p), q in zip(eager.named_parameters(), graphed.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=2e-6, msg=name)
+    if geco is not None:
+        assert geco.state_dict()["zeta"] == pytest.approx(eager_geco.state_dict()["zeta"], rel=1e-9)
+
+
+def test_the_training_step_and_the_device_batches_never_wait_for_the_host(tmp_path):
+    """With CUDA's sync debug mode set to error, steady-state steps (graph replays and eager steps)
+    and the on-device batches run without a single host synchronisation."""
+    if DEVICE.type != "cuda":
+        pytest.skip("the sync debug mode is CUDA's")
+    from emorl.data.generate.common import generate
+    from emorl.data.hdf5 import MultiObjectDataset
+    from emorl.engine.data import DeviceBatches
+    from emorl.engine.step import TrainingStep, make_optimizer
+    from emorl.geco import GECO
+    from tests.test_step import Optim, lr_at
+
+    path = generate("tetrominoes", tmp_path / "t.h5", seed=0, sizes={"train": 12, "test": 2}, workers=1,
+                    progress=False)
+    batches = iter(DeviceBatches(MultiObjectDataset(path, "train"), 4, seed=0, start_batch=0, device=DEVICE))
+    for graph in (True, False):
+        model = tiny(image_size=35).to(DEVICE).to(memory_format=torch.channels_last)
+        step = TrainingStep(model, make_optimizer(model, Optim, DEVICE), lr_at, device=DEVICE, clip_norm=5.0,
+                            geco=GECO(-2000.0, warm_start=0, device=DEVICE), cuda_graph=graph)
+        for index in range(4):  # two eager warm-up steps, the capture, a replay
+            step(next(batches)["image"], index + 1, 2)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for index in range(4, 10):  # crosses an epoch boundary of the batches (3 per epoch)
+                step(next(batches)["image"], index + 1, 2)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert step.first_non_finite() is None and int(step.step_counter) == 10
+        assert (step.replays >= 7) == graph
+
+
+def _smoke(tmp_path, name, *overrides):
+    from emorl.config import compose
+
+    return compose(["experiment=smoke", "trainer.progress=false", "tracking.backend=none", "loss=geco",
+                    "loss.geco.target=-3000", "loss.geco.warm_start=2", "trainer.max_steps=8",
+                    "trainer.eval_every=4", "trainer.checkpoint_every=4", f"trainer.output_dir={tmp_path / name}",
+                    *overrides])
+
+
+def test_the_trainer_on_the_device_trains_what_it_trains_on_the_cpu(tmp_path):
+    """fp32 (IEEE) on the device with the graph and the on-device data: the CPU run's parameters,
+    GECO state and test metrics to float32 tolerance; the device's checkpoint resumes on the CPU."""
+    from emorl.engine import checkpoint as ckpt
+    from emorl.engine.train import train
+
+    on_device = train(_smoke(tmp_path, "device", f"trainer.device={DEVICE}"))
+    on_cpu = train(_smoke(tmp_path, "cpu", "trainer.device=cpu"))
+    a, b = ckpt.load(on_cpu.checkpoint), ckpt.load(on_device.checkpoint)
+    for key in a["model"]:
+        torch.testing.assert_close(b["model"][key], a["model"][key], rtol=1e-3, atol=5e-5, msg=key)
+    assert b["geco"]["zeta"] == pytest.approx(a["geco"]["zeta"], rel=1e-6)
+    assert all(isinstance(g["lr"], float) and not g["capturable"] for g in b["optimizer"]["param_groups"])
+    for key, value in on_cpu.metrics.items():
+        assert on_device.metrics[key] == pytest.approx(value, rel=2e-3, abs=2e-3), key
+    resumed = train(_smoke(tmp_path, "device", "trainer.device=cpu", "trainer.max_steps=10"))
+    assert resumed.step == 10
+
+
+def test_a_nan_on_the_device_stops_the_run_at_its_step_and_keeps_a_finite_checkpoint(tmp_path, monkeypatch):
+    from emorl.engine import checkpoint as ckpt
+    from emorl.engine.train import train
+    from emorl.errors import TrainingError
+    from emorl.models.emorl import EfficientMORL
+
+    original = EfficientMORL.forward_backward
+    calls = {"n": 0}
+
+    def forward_backward(self, *args, **kwargs):  # poisons the 6th call: training step 5 (eager, before capture)
+        out = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 6:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(EfficientMORL, "forward_backward", forward_backward)
+    cfg = _smoke(tmp_path, "nan", f"trainer.device={DEVICE}", "loss=elbo", "trainer.max_steps=12",
+                 "trainer.eval_every=100", "trainer.log_every=100", "trainer.cuda_graph=false")
+    with pytest.raises(TrainingError, match=r"at training step 5: .*loss=nan"):
+        train(cfg)
+    state = ckpt.load(tmp_path / "nan" / "checkpoints" / "last.pt")
+    assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values()
+                                      if v.is_floating_point())
+
+
+def test_a_nan_inside_a_replayed_graph_is_caught_too(tmp_path):
+    """A weight made NaN after the checkpoint of step 4 (the step is a graph replay by then): the
+    run stops at the next check naming step 4, and the checkpoint of step 4 stays finite."""
+    from emorl.engine import checkpoint as ckpt
+    from emorl.engine.train import Trainer, TrainingHooks
+    from emorl.errors import TrainingError
+
+    class Poison(TrainingHooks):
+        def __init__(self):
+            self.trainer = None
+
+        def on_checkpoint(self, step, path, metrics):
+            if step == 4:
+                next(self.trainer.model.parameters()).data.fill_(float("nan"))
+
+    hooks = Poison()
+    trainer = Trainer(_smoke(tmp_path, "nan", f"trainer.device={DEVICE}", "trainer.max_steps=12",
+                             "trainer.eval_every=100", "trainer.log_every=100"), hooks)
+    hooks.trainer = trainer
+    with pytest.raises(TrainingError, match=r"at training step 4: .*loss=nan"):
+        trainer.run()
+    if DEVICE.type == "cuda":
+        assert trainer.training_step.replays >= 4 and trainer.training_step.graph_failure is None
+    state = ckpt.load(tmp_path / "nan" / "checkpoints" / "last.pt")
+    assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values()
+                                      if v.is_floating_point())

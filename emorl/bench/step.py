@@ -142,6 +142,39 @@ def build(setting: str, mode: str, device: torch.device, images: torch.Tensor, r
     return StepRun(model, step, images, precision, lambda: eager(images, 1, refine_steps))
 
 
+def authors_code(repo: Path):
+    """(their ``lib.model`` module, their GECO class) from a checkout of the authors' code. Their
+    package imports ``sacred``, which must be importable."""
+    repo = Path(repo).expanduser().resolve()
+    if not (repo / "lib" / "model.py").exists():
+        raise SystemExit(f"--authors-code {repo}: no lib/model.py there; give a checkout of pemami4911/EfficientMORL")
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    from lib import model as theirs  # noqa: E402  (their package, from the user's checkout)
+    from lib.geco import GECO as TheirGECO
+
+    return theirs, TheirGECO
+
+
+def authors_model(repo: Path, setting: str, refine_steps: int, batch: int, geco_warm_start: int = 0):
+    """Their EfficientMORL at one of :data:`SETTINGS` (their configs/train/*/EMORL.json), built
+    with their initialisation, and their GECO class."""
+    theirs, their_geco = authors_code(repo)
+    overrides, _ = SETTINGS[setting]
+    size = overrides["image_size"]
+    config = {  # their Net ingredient's configuration
+        "K": overrides["num_slots"], "z_size": overrides["latent_dim"], "input_size": [3, size, size],
+        "stochastic_layers": 3, "refinement_iters": refine_steps, "log_scale": math.log(overrides["sigma"]),
+        "image_likelihood": "GMM" if overrides.get("likelihood") == "mixture" else "Gaussian",
+        "image_decoder": "small" if overrides["decoder"] == "broadcast_light" else "iodine",
+        "geco_warm_start": geco_warm_start, "use_DualGRU": True, "bottom_up_prior": False,
+        "reverse_prior_plusplus": True,
+    }
+    for function in theirs.net.captured_functions:  # what a sacred run would set
+        function.config = config
+    return theirs.EfficientMORL(batch_size=batch, use_geco=True), their_geco
+
+
 def build_authors(repo: Path, setting: str, mode: str, device: torch.device, images: torch.Tensor,
                   refine_steps: int) -> StepRun:
     """The authors' model and training step from their released code (see the module docstring)."""
@@ -153,30 +186,12 @@ def build_authors(repo: Path, setting: str, mode: str, device: torch.device, ima
         torch.backends.cuda.matmul.fp32_precision = "ieee"
     else:
         set_float32_precision(precision)
-    repo = repo.expanduser().resolve()
-    if not (repo / "lib" / "model.py").exists():
-        raise SystemExit(f"--authors-code {repo}: no lib/model.py there; give a checkout of pemami4911/EfficientMORL")
-    if str(repo) not in sys.path:
-        sys.path.insert(0, str(repo))
-    from lib import model as theirs  # noqa: E402  (their package, from the user's checkout)
-    from lib.geco import GECO as TheirGECO
-
-    overrides, _ = SETTINGS[setting]
-    size, batch = overrides["image_size"], len(images)
-    config = {  # their Net ingredient's configuration (configs/train/*/EMORL.json)
-        "K": overrides["num_slots"], "z_size": overrides["latent_dim"], "input_size": [3, size, size],
-        "stochastic_layers": 3, "refinement_iters": refine_steps, "log_scale": math.log(overrides["sigma"]),
-        "image_likelihood": "GMM" if overrides.get("likelihood") == "mixture" else "Gaussian",
-        "image_decoder": "small" if overrides["decoder"] == "broadcast_light" else "iodine",
-        "geco_warm_start": 0, "use_DualGRU": True, "bottom_up_prior": False, "reverse_prior_plusplus": True,
-    }
-    for function in theirs.net.captured_functions:  # what a sacred run would set
-        function.config = config
     torch.manual_seed(0)
-    model = theirs.EfficientMORL(batch_size=batch, use_geco=True).to(device)
+    model, their_geco = authors_model(repo, setting, refine_steps, len(images))
+    model = model.to(device)
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=4e-4)
-    geco = TheirGECO(GECO_TARGET, 0.99, 1)
+    geco = their_geco(GECO_TARGET, 0.99, 1)
     counter = {"step": 0}
 
     def step():  # their train.py's loop body, one process (no DDP), GECO past its warm start

@@ -116,7 +116,8 @@ class DeviceBatches:
         epoch, offset = divmod(sampler.start_batch, sampler.batches_per_epoch)
         size = sampler.batch_size
         while True:
-            order = sampler._epoch(epoch).to(self.device)  # one small copy per epoch
+            order = sampler._epoch(epoch)  # one small copy per epoch, from pinned memory: no wait
+            order = order.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else order
             for b in range(offset, sampler.batches_per_epoch):
                 pixels = self.pixels.index_select(0, order[b * size:(b + 1) * size])
                 images = self.values[pixels.long()].permute(0, 3, 1, 2)  # NHWC memory = channels_last

@@ -59,7 +59,7 @@ say "emorl bench step"
 if [ "$QUICK" = 1 ]; then
   STEP_ARGS=(--settings tetrominoes:1 --batch-size 4 --warmup 1 --repeats 2 --block 1)
 else
-  STEP_ARGS=(--settings tetrominoes:3 clevr6:1 multi_dsprites:1 --warmup 3 --repeats 5 --block 10)
+  STEP_ARGS=(--settings tetrominoes:3 clevr6:1 multi_dsprites:1 --warmup 3 --repeats 5 --block 5)
 fi
 MODES=(plain fast fast-tf32 fast-bf16)
 [ "$DEVICE" = cuda ] && MODES+=(graph graph-tf32 graph-bf16)

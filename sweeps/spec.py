@@ -467,6 +467,11 @@ def _sweep_settings(container: dict, trial_dir: Path, uri: str, experiment: str,
         trainer["num_threads"] = resources.threads
     if trainer.get("device", "auto") == "auto":
         trainer["device"] = "cuda" if resources.gpus > 0 else "cpu"
+    data = container["data"]
+    if trainer["device"] != "cpu" and str(data.get("name", "")).startswith("clevr") and not data.get("num_workers"):
+        # CLEVR frames are cropped and resized on the host: one loader process keeps a GPU trial fed
+        # (Tetrominoes and Multi-dSprites are held on the GPU and need none), so 8 trials of 2 CPUs fit 16 cores
+        data["num_workers"] = 1
     tracking = container["tracking"]
     tracking["uri"] = uri
     tracking["experiment"] = experiment

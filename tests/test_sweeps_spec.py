@@ -84,6 +84,19 @@ def test_table2_tetrominoes_priors_and_geco():
     assert expand(load_spec("table2_tetrominoes")).trials[0].resources.gpus == 0.5
 
 
+def test_gpu_trials_of_clevr_get_one_loader_process_and_the_others_none():
+    """Tetrominoes and Multi-dSprites are held on the GPU (no loader); CLEVR is cropped and resized on
+    the host by one loader process per trial."""
+    workers = {t.config["data"]["name"]: t.config["data"]["num_workers"] for t in expand(load_spec("table1")).trials}
+    assert workers == {"tetrominoes": 0, "multi_dsprites": 0, "clevr6": 1}
+    from dataclasses import replace
+
+    from sweeps.spec import Resources
+
+    on_cpus = replace(load_spec("table2_clevr6"), resources=Resources(2, 0))
+    assert {t.config["data"]["num_workers"] for t in expand(on_cpus).trials} == {0}
+
+
 def test_axes_set_every_key_of_the_axis():
     fig3 = {t.id: t.config for t in expand(load_spec("fig3")).trials}
     for value in (0, 1, 3):  # only the training I varies (tested at I = 0), so the runs form one family

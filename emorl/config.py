@@ -58,6 +58,7 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     implementation: str = "foreach"  # foreach | fused | single (torch.optim.Adam variants)
+    warmup_from_zero: bool = False  # true: lr = base * t / warmup_steps (the authors' code: 0 at step 0)
 
 
 @dataclass
@@ -121,10 +122,18 @@ class TrainerConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    # the objective whose gradients the refinement network is fed at evaluation: training (GECO with
+    # the run's zeta after the warm start, as the authors evaluate) | elbo (the plain negative ELBO)
+    refine_objective: str = "training"
+
+
+@dataclass
 class TrainConfig:
     name: str = "tetrominoes"  # the experiment (paper setting) name
     variant: str = "default"  # the ablation variant (sweeps set it)
     seed: int = 0
+    recipe: str | None = None  # set by the recipe group: paper | authors (docs/model.md)
     data: DataConfig = field(default_factory=DataConfig)
     model: Any = MISSING  # validated by emorl.models.build_model
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -132,6 +141,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
 def register_schemas() -> None:
@@ -147,6 +157,8 @@ CHOICES = {
     "optim.implementation": ("foreach", "fused", "single"),
     "tracking.backend": ("mlflow", "none"),
     "data.on_device": ("auto", "true", "false"),
+    "evaluate.refine_objective": ("training", "elbo"),
+    "recipe": ("paper", "authors"),
 }
 
 
@@ -156,8 +168,9 @@ def _group_options(group: str) -> list[str]:
 
 
 SECTIONS = {"data": DataConfig, "optim": OptimConfig, "curriculum": CurriculumConfig, "loss": LossConfig,
-            "tracking": TrackingConfig, "trainer": TrainerConfig}
-GROUPS = ("experiment", "data", "model", "likelihood", "prior", "optim", "curriculum", "loss", "tracking", "trainer")
+            "tracking": TrackingConfig, "trainer": TrainerConfig, "evaluate": EvaluateConfig}
+GROUPS = ("experiment", "data", "model", "likelihood", "prior", "recipe", "optim", "curriculum", "loss", "tracking",
+          "trainer")
 
 
 def _section_keys(section: str) -> list[str]:
@@ -239,6 +252,10 @@ def check(cfg: DictConfig) -> None:
             raise ConfigError(f"{'model.' if key == 'decoder' else ''}{key}={value!r} is not one of {list(allowed)}")
     if cfg.model is None or OmegaConf.is_missing(cfg, "model"):
         raise ConfigError(f"no model chosen; pick one with model=<name> from {_group_options('model')}")
+    model_name = OmegaConf.select(cfg, "model.name", default="efficient_morl")
+    if OmegaConf.select(cfg, "recipe", default=None) and model_name != "efficient_morl":
+        raise ConfigError(f"recipe={cfg.recipe} sets EfficientMORL's switches; model {model_name!r} has none "
+                          "(drop recipe=, or use an EfficientMORL experiment)")
     from emorl.models import model_config  # deferred: torch import
 
     model_config(OmegaConf.to_container(cfg.model, resolve=True))  # the model's own schema and checks

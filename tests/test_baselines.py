@@ -92,7 +92,7 @@ def test_parameter_counts_at_each_dataset_configuration(model, dataset, expected
 @pytest.mark.parametrize(
     "experiment, expected",
     [
-        ("tetrominoes", 467_364), ("multi_dsprites", 666_756), ("clevr6", 666_756), ("emorl_xs_clevr6", 1_031_364),
+        ("tetrominoes", 467_364), ("tetrominoes_without_geco", 467_364), ("tetrominoes_authors_recipe", 467_236), ("multi_dsprites", 666_756), ("clevr6", 666_756), ("emorl_xs_clevr6", 1_031_364),
         ("slot_attention_tetrominoes", 479_332), ("slot_attention_multi_dsprites", 479_332),
         ("slot_attention_clevr6", 890_308), ("slot_mlp_tetrominoes", 852_260), ("slot_mlp_multi_dsprites", 917_924),
         ("slot_mlp_clevr6", 1_361_732), ("iodine_tetrominoes", 163_984), ("iodine_multi_dsprites", 303_552),

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from emorl.geco import GECO, ELBOObjective, GECOObjective, check_target_reachable
+from emorl.geco import GECO, ELBOObjective, GECOObjective, GECOState, check_target_reachable
 
 
 def test_warm_start_uses_the_plain_elbo_and_updates_nothing():
@@ -32,6 +32,18 @@ def test_update_rule_step_by_step():
         assert geco.state.zeta == pytest.approx(zeta)
     # The constraint was violated first (zeta grew), then met (zeta fell back to its floor 0.55).
     assert geco.state.zeta == pytest.approx(0.55)
+
+
+def test_the_authors_timing_moves_zeta_from_the_step_after_the_warm_start():
+    """zeta_at_first_update=False: the first update (step warm_start) only sets C_ema, as the authors'
+    loop does; from the next step both move as usual."""
+    ours, theirs = (GECO(target=-100.0, step_size=1e-3, warm_start=2, zeta_at_first_update=flag) for flag in (True, False))
+    for geco in (ours, theirs):
+        geco.update(nll=0.0, step=2)
+    assert theirs.state == GECOState(zeta=0.55, c_ema=-100.0)
+    assert ours.state.zeta == pytest.approx(0.55 + 1e-3 * 100.0)
+    theirs.update(nll=0.0, step=3)
+    assert theirs.state.zeta == pytest.approx(0.55 + 1e-3 * 100.0) and theirs.state.c_ema == pytest.approx(-100.0)
 
 
 def test_zeta_grows_while_the_constraint_is_violated():

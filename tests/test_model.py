@@ -245,6 +245,7 @@ def test_tiny_model_learns_to_tell_images_apart():
         dict(dual_gru=False),
         dict(prior="bottom_up"),
         dict(prior="bottom_up", bottom_up_refinement_prior="standard"),
+        dict(prior="bottom_up", bottom_up_prior_sample="fresh"),
         dict(prior="reversed"),
         dict(stochastic_layers=0),
         dict(stochastic_layers=1),
@@ -342,6 +343,27 @@ def test_refinement_kl_targets_of_each_prior_variant():
     # bottom-up as the authors' code: N(0, I).
     out = tiny(prior="bottom_up", bottom_up_refinement_prior="standard")(x)
     torch.testing.assert_close(out.kl_steps[1], out.refined[1].kl(None).sum(-1))
+
+
+def test_the_bottom_up_prior_at_a_fresh_sample_as_the_authors_draw_it(monkeypatch):
+    """bottom_up_prior_sample=fresh: layer 2's prior p(z^2 | z^1) is computed at a fresh sample of
+    q(z^1) drawn for it (the authors' code), not at the sample that queried layer 2. With L = 2 the
+    draws are: z^0, the query z^1, the fresh z^1 (for the KL), then the decoded z^2."""
+    tape = NoiseTape()
+    monkeypatch.setattr(gaussian_module, "standard_normal_like", tape)
+    x = images()
+    model = tiny(prior="bottom_up", bottom_up_prior_sample="fresh", refine_steps=0)
+    out = model(x)
+    assert len(tape.recorded) == 4
+    q1, q2 = out.posteriors[1], out.posteriors[2]
+    fresh = q1.mean + q1.std * tape.recorded[2]
+    assert not torch.allclose(fresh, out.layer_samples[1])  # not the query sample
+    torch.testing.assert_close(out.kl_layers[:, 1], q2.kl(model.prior_net(fresh)).sum(-1))
+    tape.recorded.clear()
+    query = tiny(prior="bottom_up", refine_steps=0)
+    out = query(x)
+    assert len(tape.recorded) == 3
+    torch.testing.assert_close(out.kl_layers[:, 1], out.posteriors[2].kl(query.prior_net(out.layer_samples[1])).sum(-1))
 
 
 def test_no_stochastic_layers_means_refinement_only():

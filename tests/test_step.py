@@ -151,6 +151,15 @@ def test_optimizer_state_is_portable():
     assert "initial_lr" not in other.param_groups[0]
 
 
+def test_the_warm_up_from_zero_is_the_authors_schedule():
+    """optim.warmup_from_zero: lr = base * t / W (their GradualWarmupScheduler, 0 at the first step);
+    ours by default (t + 1) / W; both the same decay after the warm-up."""
+    ours = [learning_rate_factor(t, 4, 0.5, 100, "warmup_end") for t in range(6)]
+    theirs = [learning_rate_factor(t, 4, 0.5, 100, "warmup_end", warmup_from_zero=True) for t in range(6)]
+    assert theirs[:5] == [0.0, 0.25, 0.5, 0.75, 1.0] and ours[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert ours[4:] == theirs[4:] == [1.0, 0.5 ** (1 / 100)]
+
+
 @pytest.fixture(scope="module")
 def tetrominoes_file(tmp_path_factory):
     from emorl.data.generate.common import generate

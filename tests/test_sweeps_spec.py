@@ -12,7 +12,7 @@ from sweeps.spec import expand, load_spec, shipped_specs
 
 EXPECTED = {  # spec -> (kind, trials)
     "quickstart": ("training", 4),  # 2 variants x 2 seeds
-    "table1": ("training", 30),  # (EfficientMORL, Slot Attention) x 3 settings x 5 seeds
+    "table1": ("training", 40),  # (EfficientMORL, Slot Attention) x 3 settings x 5 seeds + 2 Tetrominoes recipes
     "table2_clevr6": ("training", 30),  # 3 variants x 10 seeds
     "table2_tetrominoes": ("training", 20),  # 4 variants x 5 seeds (see the spec on `with_geco`)
     "table3": ("evaluation", 10),  # Table 1's CLEVR6 models: 2 models x 5 seeds
@@ -95,6 +95,15 @@ def test_gpu_trials_of_clevr_get_one_loader_process_and_the_others_none():
 
     on_cpus = replace(load_spec("table2_clevr6"), resources=Resources(2, 0))
     assert {t.config["data"]["num_workers"] for t in expand(on_cpus).trials} == {0}
+
+
+def test_table1_runs_tetrominoes_with_and_without_geco_and_in_both_recipes():
+    trials = {t.config["name"]: t.config for t in expand(load_spec("table1")).trials if t.seed == 0}
+    tetrominoes = {name: c for name, c in trials.items() if c["data"]["name"] == "tetrominoes"
+                   and c["model"].get("name", "efficient_morl") == "efficient_morl"}
+    assert {n: (c["loss"]["geco"]["enabled"], c["recipe"]) for n, c in tetrominoes.items()} == {
+        "tetrominoes": (True, "paper"), "tetrominoes_without_geco": (False, "paper"),
+        "tetrominoes_authors_recipe": (True, "authors")}
 
 
 def test_axes_set_every_key_of_the_axis():

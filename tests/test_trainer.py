@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from emorl.config import compose
 from emorl.engine import checkpoint as ckpt
@@ -67,6 +68,35 @@ def test_paper_settings_carry_the_paper_hyperparameters():
     for cfg in (tetrominoes, clevr, sprites):
         assert cfg.optim.lr == 4e-4 and cfg.optim.grad_clip_norm == 5.0 and cfg.data.batch_size == 32
         assert cfg.optim.warmup_steps == 10000 and cfg.model.prior == "reversed++" and cfg.model.dual_gru
+
+
+def test_the_recipes_set_every_switch_where_the_paper_and_the_authors_code_differ():
+    """recipe=authors: the authors' code's choice for every difference (docs/model.md, "Two recipes"),
+    with their parameter counts; recipe=paper (what the experiments choose): the paper's text, and
+    the defaults of the model and trainer."""
+    from emorl.models import build_model
+    from emorl.models.emorl import EMORLConfig, count_parameters
+
+    switches = {"model.init": ("pytorch", "authors"), "model.step_weighting": ("paper", "authors"),
+                "model.refine_grad_norm_affine": (True, False), "model.variance_formula": ("paper", "authors"),
+                "model.bottom_up_refinement_prior": ("conditional", "standard"),
+                "model.bottom_up_prior_sample": ("query", "fresh"),
+                "loss.geco.zeta_at_first_update": (True, False), "optim.warmup_from_zero": (False, True),
+                "evaluate.refine_objective": ("training", "training")}
+    defaults = EMORLConfig()
+    for experiment, parameters in (("tetrominoes", (467_364, 467_236)), ("clevr6", (666_756, 666_500))):
+        for index, recipe in enumerate(("paper", "authors")):
+            cfg = compose([f"experiment={experiment}", f"recipe={recipe}"])
+            assert cfg.recipe == recipe
+            for key, values in switches.items():
+                assert OmegaConf.select(cfg, key) == values[index], (recipe, key)
+                if recipe == "paper" and key.startswith("model."):
+                    assert getattr(defaults, key.split(".")[1]) == values[0], key
+            model = build_model(OmegaConf.to_container(cfg.model, resolve=True))
+            assert count_parameters(model) == parameters[index], (experiment, recipe)
+        assert compose([f"experiment={experiment}"]).recipe == "paper"
+    with pytest.raises(ConfigError, match="recipe=authors sets EfficientMORL's switches; model 'iodine'"):
+        compose(["experiment=iodine_tetrominoes", "recipe=authors"])
 
 
 @pytest.mark.parametrize(
@@ -315,3 +345,31 @@ def test_compiled_and_channels_last_training_agree_with_the_plain_run(tmp_path, 
         torch.testing.assert_close(b[key][keep], a[key][keep], rtol=1e-4, atol=2e-5)  # Adam steps are ~lr = 4e-4
     for key in plain.metrics:
         assert plain.metrics[key] == pytest.approx(fast.metrics[key], rel=1e-3, abs=1e-4)
+
+
+def test_evaluation_refines_with_the_training_objective_as_the_authors_evaluate(tmp_path, smoke_data):
+    """With GECO on, the trainer's evaluation and `emorl evaluate` feed the refinement network the
+    gradients of GECO's objective with the run's zeta (evaluate.refine_objective=training, the
+    default): the same metrics; with the plain ELBO's gradients they differ (zeta >> 0 here)."""
+    from emorl.engine.evaluate import evaluation_objective
+    from emorl.engine.evaluation_run import run_evaluation
+    from emorl.geco import GECOObjective
+
+    cfg = smoke(tmp_path, smoke_data, "trainer.max_steps=4", "tracking.backend=none", "loss=geco",
+                "loss.geco.target=-4500", "loss.geco.warm_start=1", "loss.geco.step_size=0.05")
+    result = train(cfg)
+    state = ckpt.load(result.checkpoint)
+    assert state["geco"]["zeta"] > 3  # softplus(zeta) > 3: GECO's gradients are far from the ELBO's
+    objective = evaluation_objective(state["config"], state["geco"], state["step"], torch.device("cpu"))
+    assert isinstance(objective, GECOObjective) and float(objective.nll_weight) > 3
+    common = dict(num_images=4, batch_size=4, device="cpu", no_tracking=True)
+    training = run_evaluation(result.checkpoint, **common)
+    for name in ("fg_ari", "mse", "kl", "nll"):
+        assert training[f"eval/tetrominoes/I1/{name}"] == pytest.approx(result.metrics[f"test/{name}"], rel=1e-5)
+    elbo = run_evaluation(result.checkpoint, refine_objective="elbo", **common)
+    # (barely trained, the refinement network moves the posterior little either way; the difference is
+    # far above float rounding all the same)
+    assert abs(elbo["eval/tetrominoes/I1/kl"] - training["eval/tetrominoes/I1/kl"]) > 1e-5 * training[
+        "eval/tetrominoes/I1/kl"]
+    old = {key: value for key, value in state["config"].items() if key != "evaluate"}  # before the setting
+    assert evaluation_objective(old, state["geco"], state["step"], torch.device("cpu")) is None

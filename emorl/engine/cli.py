@@ -47,7 +47,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         args.checkpoint, refine_steps=args.refine_steps, num_slots=args.num_slots, data=args.data,
         data_path=args.data_path, split=args.split, num_images=args.images, batch_size=args.batch_size,
         metrics=metrics, device=args.device, new_run=args.new_run, tracking_uri=args.tracking_uri,
-        seed=args.seed, no_tracking=args.no_tracking,
+        seed=args.seed, no_tracking=args.no_tracking, refine_objective=args.refine_objective,
     )
     return 0
 
@@ -88,6 +88,9 @@ def register(subparsers) -> None:
     evaluate.add_argument("--metrics", default="ari", help="comma-separated: ari (ARI, MSE, KL), dci, activeness")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--refine-objective", choices=("training", "elbo"), default=None,
+                          help="the gradients fed to the refinement network: the training objective (GECO with "
+                               "the checkpoint's zeta) or the plain ELBO; default: the run's evaluate.refine_objective")
     evaluate.add_argument("--new-run", action="store_true", help="log into a new MLflow run, not the trained one")
     evaluate.add_argument("--tracking-uri", default=None, help="default: the URI the run was trained with")
     evaluate.add_argument("--no-tracking", action="store_true", help="print only")

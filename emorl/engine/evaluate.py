@@ -38,15 +38,36 @@ class EvaluationResult:
         return {f"{prefix}/I{i}/{name}": value for i, values in self.metrics.items() for name, value in values.items()}
 
 
+def evaluation_objective(container: dict, geco_state: dict | None, step: int, device: torch.device,
+                         choice: str | None = None):
+    """The objective of a run's evaluation: with ``evaluate.refine_objective=training`` (``choice``
+    overrides it) and GECO on, GECO's objective with the run's state (zeta, C_ema) at ``step`` (the
+    plain ELBO during its warm start), as in training and in the authors' evaluation; otherwise
+    None (the plain negative ELBO). Configs from before the setting existed evaluate with the ELBO,
+    as their trainer did."""
+    from emorl.geco import GECO
+
+    choice = choice or container.get("evaluate", {}).get("refine_objective", "elbo")
+    loss = container.get("loss", {})
+    geco_cfg = loss.get("geco", {})
+    if choice != "training" or not geco_cfg.get("enabled") or geco_state is None:
+        return None
+    geco = GECO(geco_cfg["target"], geco_cfg.get("step_size", 1e-6), geco_cfg.get("ema", 0.99),
+                geco_cfg.get("warm_start", 1000), kl_beta=loss.get("kl_beta", 1.0), device=device)
+    geco.load_state_dict(geco_state)
+    return geco.objective(step)
+
+
 def _per_image(out, name: str, batch: int) -> torch.Tensor:
     value = getattr(out, name, None)
     return value if isinstance(value, torch.Tensor) and value.shape == (batch,) else torch.zeros(batch)
 
 
-def _step_outputs(model, images, num_slots, refine_steps: list[int]):
+def _step_outputs(model, images, num_slots, refine_steps: list[int], objective=None):
     """[(I, reconstruction, masks [B,K,1,H,W], kl [B], nll [B])] for each requested I, and the last output."""
+    extra = {} if objective is None else {"objective": objective}
     if getattr(model, "supports_keep_steps", False):
-        out = model(images, num_slots=num_slots, refine_steps=max(refine_steps), keep_steps=True)
+        out = model(images, num_slots=num_slots, refine_steps=max(refine_steps), keep_steps=True, **extra)
         steps = out.extras["steps"]
         return [(i, steps[i]["reconstruction"], steps[i]["masks"], steps[i]["kl"], steps[i]["nll"])
                 for i in refine_steps], out
@@ -54,7 +75,7 @@ def _step_outputs(model, images, num_slots, refine_steps: list[int]):
     start = torch.get_rng_state()
     for i in refine_steps:  # one pass per I, each from the same random state
         torch.set_rng_state(start)
-        out = model(images, num_slots=num_slots, refine_steps=i)
+        out = model(images, num_slots=num_slots, refine_steps=i, **extra)
         batch = len(images)
         results.append((i, out.reconstruction, out.masks, _per_image(out, "kl", batch), _per_image(out, "nll", batch)))
     return results, out
@@ -63,8 +84,11 @@ def _step_outputs(model, images, num_slots, refine_steps: list[int]):
 @torch.no_grad()
 def evaluate(model, loader, refine_steps: int | list[int], num_slots: int | None = None,
              device: torch.device | str = "cpu", precision: str = "fp32", seed: int = 0,
-             keep_sample: bool = True) -> EvaluationResult:
-    """Evaluate ``model`` on every batch of ``loader`` (dicts with image and masks)."""
+             keep_sample: bool = True, objective=None) -> EvaluationResult:
+    """Evaluate ``model`` on every batch of ``loader`` (dicts with image and masks).
+
+    ``objective`` is the objective whose gradients feed the refinement network (see
+    :func:`evaluation_objective`; None: the plain negative ELBO)."""
     device = torch.device(device)
     steps = sorted({refine_steps} if isinstance(refine_steps, int) else set(refine_steps))
     was_training = model.training
@@ -82,7 +106,7 @@ def evaluate(model, loader, refine_steps: int | list[int], num_slots: int | None
                 images = batch["image"].to(device)
                 target = (images.float() + 1) / 2
                 with autocast_context(device, precision):
-                    outputs, out = _step_outputs(model, images, num_slots, steps)
+                    outputs, out = _step_outputs(model, images, num_slots, steps, objective)
                 used_slots = out.masks.shape[1]
                 true_masks = batch["masks"].to(device)
                 for i, reconstruction, masks, kl, nll in outputs:

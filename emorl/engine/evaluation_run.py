@@ -19,7 +19,7 @@ from emorl import config as config_module
 from emorl.data.hdf5 import MultiObjectDataset
 from emorl.engine import checkpoint as ckpt
 from emorl.engine.data import dataset_file, eval_loader
-from emorl.engine.evaluate import EvaluationResult, evaluate
+from emorl.engine.evaluate import EvaluationResult, evaluate, evaluation_objective
 from emorl.engine.precision import autocast_context, set_float32_precision
 from emorl.engine.train import resolve_device
 from emorl.errors import EmorlError
@@ -122,8 +122,10 @@ def disentanglement_metrics(model, dataset: MultiObjectDataset, loader, num_slot
 def run_evaluation(checkpoint: str | Path, refine_steps: list[int] | None = None, num_slots: int | None = None,
                    data: str | None = None, data_path: str | None = None, split: str = "test", num_images: int = 320,
                    batch_size: int = 32, metrics: list[str] = ("ari",), device: str = "auto", new_run: bool = False,
-                   tracking_uri: str | None = None, seed: int = 0, no_tracking: bool = False) -> dict[str, float]:
-    """Evaluate a checkpoint, print a table and log the metrics (see the module docstring)."""
+                   tracking_uri: str | None = None, seed: int = 0, no_tracking: bool = False,
+                   refine_objective: str | None = None) -> dict[str, float]:
+    """Evaluate a checkpoint, print a table and log the metrics (see the module docstring).
+    ``refine_objective`` (training | elbo) overrides the run's ``evaluate.refine_objective``."""
     device = resolve_device(device)
     model, container, state = load_trained_model(checkpoint, device)
     dataset, set_name = evaluation_set(container, data, data_path, split)
@@ -136,7 +138,10 @@ def run_evaluation(checkpoint: str | Path, refine_steps: list[int] | None = None
     set_float32_precision(precision)
     logged: dict[str, float] = {}
     if "ari" in metrics:
-        result = evaluate(model, loader, steps, num_slots=num_slots, device=device, precision=precision, seed=seed)
+        objective = evaluation_objective(container, state.get("geco"), int(state.get("step", 0)), device,
+                                         refine_objective)
+        result = evaluate(model, loader, steps, num_slots=num_slots, device=device, precision=precision, seed=seed,
+                          objective=objective)
         print(format_table(result, f"{Path(checkpoint)}: {set_name} ({result.num_images} images, K={result.num_slots})"))
         logged.update(result.flat_all(f"eval/{set_name}"))
     out_dir = Path(checkpoint).resolve().parent.parent / "evaluation" / set_name

@@ -159,7 +159,7 @@ class Trainer:
 
         def lr_at(step: int) -> float:  # the schedule, as a LambdaLR over the configured lr computed it
             return optim.lr * learning_rate_factor(step, optim.warmup_steps, optim.decay_rate, optim.decay_steps,
-                                                   optim.decay_from)
+                                                   optim.decay_from, optim.warmup_from_zero)
 
         self.lr_at = lr_at
         self.training_step = TrainingStep(
@@ -265,8 +265,11 @@ class Trainer:
         self._check_finite()
         cfg, trainer = self.cfg, self.cfg.trainer
         loader = eval_loader(self.test_set, trainer.eval_images, trainer.eval_batch_size, cfg.data.num_workers)
+        objective = None  # what evaluation_objective gives for this run's config and state
+        if self.geco is not None and cfg.evaluate.refine_objective == "training":
+            objective = self.geco.objective(self.step)
         result = evaluate(self.model, loader, cfg.curriculum.test_refine_steps, device=self.device,
-                          precision=trainer.precision, seed=int(cfg.seed))
+                          precision=trainer.precision, seed=int(cfg.seed), objective=objective)
         metrics = result.flat("test")
         self.tracker.log_metrics(metrics, self.step)
         if self.cfg.tracking.figures and result.sample is not None and self.cfg.tracking.backend != "none":

@@ -42,6 +42,7 @@ PRIORS = ("bottom_up", "reversed", "reversed++")
 STEP_WEIGHTINGS = ("paper", "authors")
 INITIALISATIONS = ("authors", "pytorch")
 BOTTOM_UP_REFINEMENT_PRIORS = ("conditional", "standard")
+BOTTOM_UP_PRIOR_SAMPLES = ("query", "fresh")
 
 
 
@@ -66,6 +67,7 @@ class EMORLConfig:
     refine_grad_norm_affine: bool = True  # paper: trainable LayerNorms; authors' code: no affine
     variance_formula: str = "paper"  # paper: Eq. 11; authors: softplus + 1e-5
     bottom_up_refinement_prior: str = "conditional"  # conditional: p(z^L|z^{L-1}) (paper); standard: N(0,I)
+    bottom_up_prior_sample: str = "query"  # z^{l-1} of p(z^l|z^{l-1}): query (the one that queried layer l) | fresh (authors)
     init: str = "pytorch"  # pytorch: PyTorch's defaults; authors: xavier_normal(gain 0.02) etc. (paper silent)
     factorized_decoder: bool = True  # exact, cheaper first decoder layer (see decoder.py)
     refine_grad_create_graph: bool = False  # True: build the unused double-backward graph as the authors' code does
@@ -83,6 +85,7 @@ class EMORLConfig:
         check_choice("step_weighting", self.step_weighting, STEP_WEIGHTINGS)
         check_choice("variance_formula", self.variance_formula, VARIANCE_FORMULAS)
         check_choice("bottom_up_refinement_prior", self.bottom_up_refinement_prior, BOTTOM_UP_REFINEMENT_PRIORS)
+        check_choice("bottom_up_prior_sample", self.bottom_up_prior_sample, BOTTOM_UP_PRIOR_SAMPLES)
         check_choice("init", self.init, INITIALISATIONS)
         if not self.sigma > 0:
             raise ConfigError(f"model.sigma={self.sigma!r} must be > 0")
@@ -172,8 +175,13 @@ class EfficientMORL(nn.Module):
         terms: list[torch.Tensor] = []
         refinement_prior = None
         if prior_kind == "bottom_up":
+            fresh = self.config.bottom_up_prior_sample == "fresh"
             for layer, posterior in enumerate(posteriors, start=1):
-                prior = None if layer == 1 else self.prior_net(stage1.samples[layer - 1])
+                if layer == 1:
+                    prior = None
+                else:  # z^{l-1}: the query sample of layer l, or a fresh sample of q(z^{l-1}) (authors)
+                    condition = posteriors[layer - 2].rsample() if fresh else stage1.samples[layer - 1]
+                    prior = self.prior_net(condition)
                 terms.append(posterior.kl(prior).sum(-1))
             if self.config.bottom_up_refinement_prior == "conditional":
                 refinement_prior = prior

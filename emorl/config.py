@@ -48,6 +48,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    optimizer: str = "adam"  # adam | rmsprop (MONet's)
     lr: float = 4e-4
     warmup_steps: int = 10_000  # linear warm-up
     decay_rate: float = 0.5  # lr *= decay_rate ** (t / decay_steps), continuously
@@ -56,6 +57,7 @@ class OptimConfig:
     grad_clip_norm: float | None = 5.0  # None: no clipping
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
+    alpha: float = 0.99  # RMSProp's smoothing constant (optimizer=rmsprop only)
     implementation: str = "foreach"  # foreach | fused | single (torch.optim.Adam variants)
 
 
@@ -77,6 +79,7 @@ class GECOConfig:
     zeta_init: float = 0.55
     zeta_min: float = 0.55
     speedup: float = 1.0  # multiplies the step when the constraint is met (authors: a factor)
+    rule: str = "emorl"  # emorl (Appendix F.2) | genesis (GENESIS's rule; emorl/geco_rules.py)
 
 
 @dataclass
@@ -142,6 +145,8 @@ CHOICES = {
     "trainer.precision": ("fp32", "tf32", "bf16"),
     "optim.decay_from": ("warmup_end", "start"),
     "optim.implementation": ("foreach", "fused", "single"),
+    "optim.optimizer": ("adam", "rmsprop"),
+    "loss.geco.rule": ("emorl", "genesis"),
     "tracking.backend": ("mlflow", "none"),
 }
 

@@ -31,7 +31,8 @@ from emorl.engine.precision import autocast_context, precision_warning, set_floa
 from emorl.engine.figures import decomposition_figure
 from emorl.engine.schedule import learning_rate_factor, refine_steps_at
 from emorl.errors import ConfigError, EmorlError, TrainingError
-from emorl.geco import GECO, ELBOObjective, check_target_reachable
+from emorl.geco import ELBOObjective, check_target_reachable
+from emorl.geco_rules import build_geco
 from emorl.models import build_model
 from emorl.tracking import MLflowTracker, Tracker, default_artifact_root
 
@@ -156,16 +157,19 @@ class Trainer:
                               "images; set data.image_size (the model follows it)")
         optim = cfg.optim
         implementation = {"foreach": {"foreach": True}, "fused": {"fused": True}, "single": {"foreach": False}}
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=optim.lr, betas=tuple(optim.betas),
-                                          eps=optim.eps, **implementation[optim.implementation])
+        if optim.optimizer == "rmsprop":  # MONet's optimiser (Burgess et al. 2019)
+            self.optimizer = torch.optim.RMSprop(self.model.parameters(), lr=optim.lr, alpha=optim.alpha,
+                                                 eps=optim.eps, foreach=optim.implementation != "single")
+        else:
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=optim.lr, betas=tuple(optim.betas),
+                                              eps=optim.eps, **implementation[optim.implementation])
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: learning_rate_factor(
             step, optim.warmup_steps, optim.decay_rate, optim.decay_steps, optim.decay_from))
         self.geco = None
         self.geco_warning = None
         if cfg.loss.geco.enabled:
             g = cfg.loss.geco
-            self.geco = GECO(g.target, g.step_size, g.ema, g.warm_start, g.zeta_init, g.zeta_min, g.speedup,
-                             cfg.loss.kl_beta)
+            self.geco = build_geco(g, cfg.loss.kl_beta)  # loss.geco.rule: emorl | genesis
             sigma = self.container["model"].get("sigma", 0.1)
             with warnings.catch_warnings(record=True):
                 warnings.simplefilter("always")

@@ -1,0 +1,92 @@
+"""GECO's update rules: the EfficientMORL paper's (:class:`emorl.geco.GECO`) and GENESIS's.
+
+``loss.geco.rule`` picks one (:func:`build_geco`):
+
+* ``emorl`` (default): the Lagrange multiplier weighs the NLL, softplus(zeta) >= 1, and zeta
+  moves additively (Appendix F.2 of the EfficientMORL paper; :mod:`emorl.geco`).
+* ``genesis``: GENESIS's rule (Engelcke et al., 2020, after Rezende & Viola, 2018). The loss
+  is NLL + beta * KL: the multiplier beta weighs the *KL*. After every step the NLL's moving
+  average err_ema (the first step's NLL at the first update, then
+  err_ema <- ema * err_ema + (1 - ema) * nll) gives C_ema = C - err_ema, and
+  beta <- beta * exp(step * C_ema), the step multiplied by ``speedup`` while the constraint is
+  met (C_ema > 0: beta grows, the KL is pushed down); beta is kept in [beta_min, 1e10].
+  GENESIS: C = 0.5655 per element (with its likelihood's constants, sigma 0.7), step 1e-5 at
+  64x64 (scaled by 64^2 / (H W)), ema 0.99, beta_0 = 1, beta_min = 1e-10, speedup 10, from the
+  first step.
+
+Here the state is kept as zeta = log beta, so ``zeta_init`` and ``zeta_min`` are log beta_0 and
+log beta_min (0 and log 1e-10 = -23.03 for GENESIS), and the trainer's ``geco_zeta`` /
+``geco_multiplier`` are log beta and beta. The object has the interface of
+:class:`emorl.geco.GECO`: ``objective(step)``, ``update(nll, step)``, ``multiplier``,
+``state``, ``state_dict()``, ``load_state_dict()``.
+"""
+
+from __future__ import annotations
+
+import math
+
+from emorl.errors import ConfigError
+from emorl.geco import GECO, ELBOObjective, GECOState
+
+GECO_RULES = ("emorl", "genesis")
+BETA_MAX = 1e10
+
+
+class GenesisGECO:
+    """GENESIS's GECO (see the module docstring): beta = exp(zeta) weighs the KL."""
+
+    def __init__(self, target: float, step_size: float = 1e-5, ema: float = 0.99, warm_start: int = 0,
+                 zeta_init: float = 0.0, zeta_min: float = math.log(1e-10), speedup: float = 10.0,
+                 kl_beta: float = 1.0):
+        self.target = float(target)  # C: the NLL asked for (sum over the image)
+        self.step_size = step_size
+        self.ema = ema
+        self.warm_start = warm_start
+        self.zeta_min = zeta_min
+        self.zeta_max = math.log(BETA_MAX)
+        self.speedup = speedup
+        self.kl_beta = kl_beta
+        self.state = GECOState(zeta=zeta_init)
+
+    @property
+    def multiplier(self) -> float:
+        """beta = exp(zeta), the weight of the KL."""
+        return math.exp(self.state.zeta)
+
+    def objective(self, step: int) -> ELBOObjective:
+        """NLL + kl_beta * beta * KL (the plain ELBO during the warm start)."""
+        if step < self.warm_start:
+            return ELBOObjective(self.kl_beta)
+        return ELBOObjective(self.kl_beta * self.multiplier)
+
+    def update(self, nll: float, step: int) -> None:
+        """After training step ``step``: the moving average of the batch-mean NLL, then beta."""
+        if step < self.warm_start:
+            return
+        constraint = self.target - float(nll)
+        if self.state.c_ema is None:
+            self.state.c_ema = constraint
+        else:
+            self.state.c_ema = self.ema * self.state.c_ema + (1.0 - self.ema) * constraint
+        rate = self.step_size * (self.speedup if self.state.c_ema > 0 else 1.0)
+        self.state.zeta = min(self.zeta_max, max(self.zeta_min, self.state.zeta + rate * self.state.c_ema))
+
+    def state_dict(self) -> dict:
+        return {"zeta": self.state.zeta, "c_ema": self.state.c_ema}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = GECOState(zeta=float(state["zeta"]),
+                               c_ema=None if state["c_ema"] is None else float(state["c_ema"]))
+
+
+def build_geco(settings, kl_beta: float = 1.0) -> GECO | GenesisGECO:
+    """The GECO of the ``loss.geco`` settings (a mapping or config node), by ``rule``."""
+    rule = settings.get("rule", "emorl") if hasattr(settings, "get") else getattr(settings, "rule", "emorl")
+    if rule not in GECO_RULES:
+        raise ConfigError(f"loss.geco.rule={rule!r} is not one of {list(GECO_RULES)}")
+    kind = GECO if rule == "emorl" else GenesisGECO
+    return kind(settings["target"], settings["step_size"], settings["ema"], settings["warm_start"],
+                settings["zeta_init"], settings["zeta_min"], settings["speedup"], kl_beta)
+
+
+__all__ = ["GECO_RULES", "GenesisGECO", "build_geco"]

@@ -440,7 +440,7 @@ def test_iodine_learns_a_fixed_batch():
 
 # -- the efficiency benchmark's helpers (the benchmark itself is never run by tests) ------------------------
 def test_efficiency_benchmark_models_and_ratios():
-    from emorl.bench.efficiency import add_ratios, bench_model, search_largest
+    from emorl.bench.efficiency import DEFAULT_MODELS, add_ratios, bench_model, search_largest
 
     x_s = bench_model("emorl-xs-i3")
     assert x_s.config["decoder"] == "deconv" and x_s.call == {"refine_steps": 3} and x_s.label == "E-X-S-3"
@@ -464,8 +464,12 @@ def test_efficiency_benchmark_models_and_ratios():
     for (name, p), q in zip(plain_model.named_parameters(), trainer_model.parameters()):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5 * max(1.0, p.grad.abs().max().item()),
                                    msg=name)
-    with pytest.raises(ConfigError, match="unknown model 'genesis'"):
-        bench_model("genesis")
+    genesis = bench_model("genesis")
+    assert genesis.config == {"name": "genesis", "num_slots": 7} and genesis.call == {} and genesis.label == "GENESIS"
+    assert "genesis" in DEFAULT_MODELS and "slot_attention" in DEFAULT_MODELS  # Fig. 10's models
+    assert bench_model("monet").build(128).config.unet_channels == [32, 32, 32, 64, 64, 64]
+    with pytest.raises(ConfigError, match="unknown model 'air'"):
+        bench_model("air")
     rows = [dict(model="emorl-i0", image_size=64, forward_ms=2.0, forward_backward_ms=10.0,
                  forward_backward_peak_mib=50.0, max_batch=200),
             dict(model="iodine", image_size=64, forward_ms=20.0, forward_backward_ms=60.0,

@@ -33,7 +33,7 @@ OUTPUT_DIR_ENV = "EMORL_OUTPUT_DIR"
 
 @dataclass
 class DataConfig:
-    name: str = "tetrominoes"  # tetrominoes | multi_dsprites | clevr6 (clevr10 for testing)
+    name: str = "tetrominoes"  # tetrominoes | multi_dsprites | multi_dsprites_textured | clevr6 (clevr10 for testing)
     path: str | None = None  # an HDF5 file; None: the generated set for (name, seed, sizes)
     generate_if_missing: bool = True
     generation_seed: int = 0  # seed of the generated data (not of training)

@@ -182,10 +182,11 @@ def table_lines(spec: TableSpec, runs: pd.DataFrame, paper: pd.DataFrame | None 
     lines = []
     for order, row in enumerate(spec.rows):
         published = {m.paper_name: _paper_value(paper, spec, row, m) for m in spec.metrics}
-        if not row.models and all(pd.isna(v["paper_mean"]) for v in published.values()):
-            continue  # neither the paper nor we have a number here (e.g. MONet on Tetrominoes)
         keys = [m.key_for(row.dataset) for m in spec.metrics]
-        for group, distinction, stats in _row_statistics(runs, row, keys):
+        statistics = _row_statistics(runs, row, keys)
+        if statistics[0][2] is None and all(pd.isna(v["paper_mean"]) for v in published.values()):
+            continue  # neither the paper nor we have a number here (e.g. MONet on Tetrominoes)
+        for group, distinction, stats in statistics:
             for subset in (ALL_RUNS, WITHOUT_FLAGGED):
                 for metric, key in zip(spec.metrics, keys):
                     line = {**{k: group.get(k, "") for k in GROUP_KEYS}, "table": spec.number, "order": order,

@@ -1,5 +1,6 @@
-"""Fig. 11 (Appendix B.1): the leak share of a traversal, by hand, and the comparison figure drawn from
-tiny real models of EfficientMORL and GENESIS on the textured Multi-dSprites."""
+"""The paper's comparisons in the analysis: Table 1's MONet row filled by MONet runs; Fig. 11 (Appendix
+B.1), the leak share of a traversal by hand and the comparison figure drawn from tiny real models of
+EfficientMORL and GENESIS on the textured Multi-dSprites."""
 
 from __future__ import annotations
 
@@ -8,9 +9,29 @@ import pytest
 import torch
 
 from analysis import figures
+from analysis.aggregate import flag_runs
+from analysis.collect import RunSelection, collect_runs
+from analysis.examples import emorl_tags, log_run
+from analysis.tables import TABLE1, table_lines
 from emorl.models import build_model
 from emorl.models.decoder import DecoderOutput
 from emorl.models.sequential import stick_breaking
+
+
+def test_table1_monet_row_takes_monet_runs(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # the empty store the conftest made
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("rows", artifact_location=(tmp_path / "artifacts").as_uri())
+    for seed, ari in enumerate([0.94, 0.96]):
+        log_run(client, experiment, tags=emorl_tags("monet_clevr6", "default", seed, "monet", "clevr6"),
+                metrics={"test/fg_ari": ari})
+    runs = flag_runs(collect_runs(RunSelection(experiment="rows"), uri), ["test/fg_ari"])
+    lines = table_lines(TABLE1, runs)
+    monet = lines[(lines["row"] == "MONet") & (lines["dataset"] == "CLEVR6") & (lines["runs"] == "all")].iloc[0]
+    assert (monet["n"], monet["mean"], monet["paper_mean"]) == (2, pytest.approx(95.0), 96.2)
+    assert lines[(lines["row"] == "MONet") & (lines["dataset"] == "Tetrominoes")].empty  # no number anywhere
 
 
 class HalvesModel:

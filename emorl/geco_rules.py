@@ -26,27 +26,22 @@ from __future__ import annotations
 import math
 
 from emorl.errors import ConfigError
-from emorl.geco import GECO, ELBOObjective, GECOState
+from emorl.geco import GECO, ELBOObjective
 
 GECO_RULES = ("emorl", "genesis")
 BETA_MAX = 1e10
 
 
-class GenesisGECO:
-    """GENESIS's GECO (see the module docstring): beta = exp(zeta) weighs the KL."""
+class GenesisGECO(GECO):
+    """GENESIS's GECO (see the module docstring): beta = exp(zeta) weighs the KL. The state, its
+    checkpointing and the moving average are :class:`emorl.geco.GECO`'s; the multiplier, the
+    objective and the direction of the update are GENESIS's."""
 
     def __init__(self, target: float, step_size: float = 1e-5, ema: float = 0.99, warm_start: int = 0,
                  zeta_init: float = 0.0, zeta_min: float = math.log(1e-10), speedup: float = 10.0,
                  kl_beta: float = 1.0):
-        self.target = float(target)  # C: the NLL asked for (sum over the image)
-        self.step_size = step_size
-        self.ema = ema
-        self.warm_start = warm_start
-        self.zeta_min = zeta_min
+        super().__init__(target, step_size, ema, warm_start, zeta_init, zeta_min, speedup, kl_beta)
         self.zeta_max = math.log(BETA_MAX)
-        self.speedup = speedup
-        self.kl_beta = kl_beta
-        self.state = GECOState(zeta=zeta_init)
 
     @property
     def multiplier(self) -> float:
@@ -64,19 +59,10 @@ class GenesisGECO:
         if step < self.warm_start:
             return
         constraint = self.target - float(nll)
-        if self.state.c_ema is None:
-            self.state.c_ema = constraint
-        else:
-            self.state.c_ema = self.ema * self.state.c_ema + (1.0 - self.ema) * constraint
+        c_ema = self.state.c_ema
+        self.state.c_ema = constraint if c_ema is None else self.ema * c_ema + (1.0 - self.ema) * constraint
         rate = self.step_size * (self.speedup if self.state.c_ema > 0 else 1.0)
         self.state.zeta = min(self.zeta_max, max(self.zeta_min, self.state.zeta + rate * self.state.c_ema))
-
-    def state_dict(self) -> dict:
-        return {"zeta": self.state.zeta, "c_ema": self.state.c_ema}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.state = GECOState(zeta=float(state["zeta"]),
-                               c_ema=None if state["c_ema"] is None else float(state["c_ema"]))
 
 
 def build_geco(settings, kl_beta: float = 1.0) -> GECO | GenesisGECO:

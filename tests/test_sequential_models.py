@@ -21,6 +21,8 @@ from emorl.models.genesis import GENESIS, GENESISConfig, GENESISOutput, GENESISS
 from emorl.models.monet import MONet, MONetConfig, MONetOutput
 from emorl.models.sequential import stick_breaking, stick_breaking_step
 from tests.noise_tape import NoiseTape
+from tests.test_baselines import (PERMUTATION, _scenes, check_decode, check_slot_output, images,
+                                  passes_with_permuted_noise)
 
 TINY = {
     "monet": dict(image_size=16, num_slots=3, latent_dim=4, unet_channels=[8, 8, 8], unet_mlp=[16],
@@ -33,17 +35,11 @@ TINY = {
 }
 OUTPUT_TYPES = {"monet": MONetOutput, "genesis": GENESISOutput, "genesis_s": GENESISOutput}
 SLOT_SIZE = {"monet": 4, "genesis": 6 + 4, "genesis_s": 6}
-PERMUTATION = torch.tensor([2, 0, 1])
 
 
 def tiny(name: str, **overrides):
     torch.manual_seed(0)
     return build_model({"name": name, **TINY[name], **overrides})
-
-
-def images(batch=2, size=16, seed=1, dtype=torch.float32):
-    generator = torch.Generator().manual_seed(seed)
-    return (torch.rand(batch, 3, size, size, generator=generator) * 2 - 1).to(dtype)
 
 
 # -- parameter counts (docs/baselines.md) -------------------------------------------------------------------
@@ -155,17 +151,9 @@ def test_output_shapes_masks_and_reconstruction(name):
     model = tiny(name)
     x = images()
     out = model(x)
-    b, k, d = 2, 3, SLOT_SIZE[name]
     assert isinstance(out, OUTPUT_TYPES[name]) and model.supports_cuda_graph
-    assert out.masks.shape == (b, k, 1, 16, 16) and out.components.shape == (b, k, 3, 16, 16)
-    assert out.slots.shape == (b, k, d) and out.representation.shape == (b, k, d)
-    torch.testing.assert_close(out.masks.sum(1), torch.ones(b, 1, 16, 16))
-    torch.testing.assert_close(out.reconstruction, (out.masks * out.components).sum(1))
-    assert out.nll.shape == (b,) and out.kl.shape == (b,) and out.loss.ndim == 0 and out.loss.requires_grad
-    scalars = out.scalars()
-    assert {"loss", "nll", "kl", "mse"} <= set(scalars) and all(v.ndim == 0 and not v.requires_grad
-                                                                   for v in scalars.values())
-    torch.testing.assert_close(scalars["mse"], ((out.reconstruction - (x + 1) / 2) ** 2).mean().detach())
+    check_slot_output(out, x, slots=3, size=SLOT_SIZE[name])
+    assert out.nll.shape == (2,) and out.kl.shape == (2,) and {"nll", "kl"} <= set(out.scalars())
     out.loss.backward()
     for parameter_name, parameter in model.named_parameters():
         assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), parameter_name
@@ -228,12 +216,8 @@ def test_genesis_likelihoods_are_the_shared_ones():
 def test_decode_is_the_generative_model_and_slot_wise(name):
     model = tiny(name)
     out = model(images())
-    decoded = model.decode(out.slots)
-    assert isinstance(decoded, DecoderOutput) and not decoded.rgb.requires_grad
-    torch.testing.assert_close(decoded.rgb, out.components.detach())
     # MONet's generative masks are p(c | z), which its mask KL pulls towards the attention masks.
-    expected_masks = out.decoded_masks if name == "monet" else out.masks
-    torch.testing.assert_close(decoded.masks, expected_masks.detach())
+    decoded = check_decode(model, out, out.decoded_masks if name == "monet" else out.masks)
     # Activeness decodes the slots one by one and composes them: the same images.
     raw = model.decoder.decode_slots(out.slots.detach().flatten(0, 1))
     composed = model.decoder.compose(raw.view(2, 3, *raw.shape[1:]))
@@ -317,13 +301,7 @@ def test_the_first_slots_do_not_depend_on_k(name):
 def test_monet_masks_ignore_the_noise_and_follow_the_order(monkeypatch):
     """MONet's attention is deterministic and sequential: permuting the component VAE's noise changes
     the components' latents, never which slot attends where."""
-    model = tiny("monet").double()
-    x = images(dtype=torch.float64)
-    tape = NoiseTape()
-    monkeypatch.setattr(gaussian_module, "standard_normal_like", tape)
-    out = model(x)
-    tape.transform = lambda noise: noise[:, PERMUTATION]
-    permuted = model(x)
+    out, permuted, tape = passes_with_permuted_noise(tiny("monet").double(), monkeypatch)
     assert len(tape.recorded) == 1 and tape.position == 1
     torch.testing.assert_close(permuted.masks, out.masks)  # unchanged, not permuted
     assert not torch.allclose(permuted.masks, out.masks[:, PERMUTATION], atol=1e-3)
@@ -362,17 +340,6 @@ def test_build_geco_picks_the_rule():
 
 
 # -- learning ----------------------------------------------------------------------------------------------
-def _scenes(count=8, size=12):
-    """Each image: a background of its own colour and two coloured 4x4 squares, in [-1, 1]."""
-    generator = torch.Generator().manual_seed(0)
-    batch = (torch.rand(count, 3, 1, 1, generator=generator) * 2 - 1).expand(count, 3, size, size).clone()
-    for i in range(count):
-        for _ in range(2):
-            y, x = torch.randint(0, size - 4, (2,), generator=generator)
-            batch[i, :, y:y + 4, x:x + 4] = torch.rand(3, 1, 1, generator=generator) * 2 - 1
-    return batch
-
-
 def _mse(model, batch) -> float:
     model.eval()
     values = []

@@ -24,21 +24,15 @@ second colour have no column in the layout and are not stored.
 from __future__ import annotations
 
 import colorsys
+import dataclasses
 
 import numpy as np
 
-from emorl.data.generate.common import GeneratorSpec
+from emorl.data.generate import multi_dsprites
 from emorl.data.generate.multi_dsprites import MAX_SPRITES, MIN_SPRITES, SIZE, render_sprites
 
-SPEC = GeneratorSpec(
-    name="multi_dsprites_textured",
-    family="multi_dsprites",
-    image_hw=(SIZE, SIZE),
-    max_objects=MAX_SPRITES + 1,
-    splits={"train": 60000, "test": 320},
-    version="1",
-    options={"min_sprites": MIN_SPRITES, "max_sprites": MAX_SPRITES},
-)
+# Multi-dSprites' frame, entities, splits and options; a set of its own.
+SPEC = dataclasses.replace(multi_dsprites.SPEC, name="multi_dsprites_textured", version="1")
 
 BACKGROUND_PATTERNS = ("checker", "diagonal")
 SPRITE_PATTERNS = ("stripes", "checker", "rings")

@@ -20,6 +20,8 @@ values of it are drawn. Where two panels or lines share a name, the label adds w
 - Fig. 9c-d :func:`activeness_heatmaps`: the ``evaluation/<set>/activeness.npy`` artifacts.
 - Figs. 5, 16-18 :func:`decomposition` and Figs. 19-21 :func:`latent_traversal`: one run's
   ``checkpoints/last.pt`` artifact, drawn with the core's model and data classes.
+- Fig. 11 :func:`traversal_comparison`: those of several models side by side (EfficientMORL vs
+  GENESIS vs GENESIS-S), each row with the share of its change that leaks outside the slot.
 """
 
 from __future__ import annotations
@@ -567,3 +569,94 @@ def latent_traversal(run: pd.Series, tracking_uri: str | None, out_dir: str | Pa
                          "shown": [d in chosen for d in range(dims)], "slot": slot})
     return Figure(name, _save(figure, out_dir, name, None), data,
                   f"Latent traversal of slot {slot}, test image 0: {_run_title(run)}.")
+
+
+# -- Fig. 11: traversals of ordered and unordered models side by side ------------------------------
+
+ORDERED_MODELS = ("genesis", "genesis_s", "monet")  # sequential attention: slot 1 is "the first component"
+
+
+def traversal_leakage(model, scene, slot: int, dim: int, values, device):
+    """Decode ``scene`` [K, D] as it is and with dimension ``dim`` of ``slot`` set to each of ``values``.
+
+    Returns (traversed images [V, 3, H, W], leak share, mean change): the change of each traversed
+    image from the scene's own decode, summed over channels; the *leak share* is the part of the total
+    change that falls outside the traversed slot's region (the pixels where its mask is >= 0.5 in the
+    scene's decode or in any traversed one). 0: the slot changed only its own object; near 1: it
+    changed the rest of the scene."""
+    import torch
+
+    latents = scene[None].repeat(len(values) + 1, 1, 1)
+    latents[1:, slot, dim] = torch.as_tensor(values, dtype=latents.dtype)
+    with torch.no_grad():
+        decoded = model.decode(latents.to(device))
+    images = decoded.reconstruction().float().cpu()
+    region = (decoded.masks[:, slot, 0].float().cpu() >= 0.5).any(dim=0)  # [H, W]
+    change = (images[1:] - images[:1]).abs().sum(dim=1)  # [V, H, W]
+    total = float(change.sum())
+    share = float(change[:, ~region].sum()) / total if total > 0 else 0.0
+    return images[1:], share, float(change.mean())
+
+
+def traversal_comparison(runs: pd.DataFrame, tracking_uri: str | None, out_dir: str | Path,
+                         data_path: str | Path | None = None, num_images: int = 100, num_values: int = 7,
+                         seed: int = 0, loaded: dict | None = None) -> Figure:
+    """Fig. 11 (Appendix B.1): one row per run, the decoded scene of test image 0 and ``num_values``
+    traversals of one latent dimension of one slot, with the *leak share* of each row
+    (:func:`traversal_leakage`). The slot: the first component of an ordered model (GENESIS,
+    GENESIS-S, MONet: the paper manipulates the first component), else the slot best matched to a
+    true object. The dimension: the slot's most active one (largest image variance over the
+    minimum, middle and maximum value it takes over ``num_images`` test images). ``loaded`` maps
+    run ids to :class:`LoadedRun` (else each checkpoint is loaded)."""
+    import torch
+
+    from emorl.engine.data import eval_loader
+    from emorl.engine.evaluation_run import collect_codes
+
+    if runs.empty:
+        raise MissingData("Fig. 11 needs finished runs with a checkpoints/last.pt artifact")
+    rows, drawn_rows = [], []
+    for _, run in runs.iterrows():
+        model_run = (loaded or {}).get(run["run_id"]) or load_run(run, tracking_uri, data_path)
+        codes, masks, true_masks, _ = collect_codes(model_run.model, eval_loader(model_run.dataset, num_images, 32),
+                                                    None, model_run.test_refine_steps, model_run.device, "fp32", seed)
+        low, high = codes.amin(dim=(0, 1)), codes.amax(dim=(0, 1))
+        if run["model"] in ORDERED_MODELS:
+            slot, how = 0, "the first component"
+        else:
+            slot, how = _traversed_slot(true_masks, masks)
+        three = torch.stack([low, (low + high) / 2, high], dim=1)  # [D, 3]
+        variance = _sweep(model_run.model, codes[0], slot, list(range(codes.shape[-1])), three,
+                          model_run.device).var(dim=1).mean(dim=(1, 2, 3))
+        dim = int(torch.argmax(variance))
+        values = low[dim] + (high[dim] - low[dim]) * torch.linspace(0, 1, num_values)
+        images, share, change = traversal_leakage(model_run.model, codes[0], slot, dim, values, model_run.device)
+        with torch.no_grad():
+            scene = model_run.model.decode(codes[:1].to(model_run.device)).reconstruction().float().cpu()[0]
+        rows.append({"run_id": run["run_id"], "experiment": run["experiment"], "model": run["model"],
+                     "seed": run["seed"], "slot": slot, "slot_choice": how, "dim": dim, "low": float(low[dim]),
+                     "high": float(high[dim]), "leak_share": share, "mean_change": change})
+        drawn_rows.append((scene, images))
+    figure, axes = plt.subplots(len(rows), num_values + 1, figsize=(1.3 * (num_values + 1) + 2.2, 1.45 * len(rows) + 0.9),
+                                squeeze=False)
+    for r, (row, (scene, images)) in enumerate(zip(rows, drawn_rows)):
+        for c, picture in enumerate([scene, *images]):
+            axis = axes[r, c]
+            axis.imshow(picture.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+            axis.set_xticks([])
+            axis.set_yticks([])
+            axis.spines[:].set_visible(False)
+            if r == 0:
+                step = c - 1
+                axis.set_title("decoded scene" if c == 0 else "min" if step == 0 else
+                               "max" if step == num_values - 1 else f"{step}/{num_values - 1}", fontsize=8)
+        axes[r, 0].set_ylabel(f"{row['model']}, seed {row['seed']}\nslot {row['slot']}, z[{row['dim']}]\n"
+                              f"leak {100 * row['leak_share']:.0f}%", fontsize=8)
+    figure.suptitle("Fig. 11: one latent dimension of one slot, traversed (test image 0); leak = share of the "
+                    "change outside that slot's pixels", fontsize=9)
+    figure.tight_layout()
+    data = pd.DataFrame(rows)
+    caption = ("Fig. 11: traversals of one slot per model; leak share " + ", ".join(
+        f"{r['model']} {100 * r['leak_share']:.0f}%" for r in rows) + ".")
+    return Figure("fig11_traversal_comparison", _save(figure, out_dir, "fig11_traversal_comparison", None), data,
+                  caption)

@@ -8,6 +8,7 @@ Layout of the folder (see docs/analysis.md)::
     tables/table{1,2,3}.{md,tex,csv}
     figures/fig*.{png,pdf}
     figures/runs/decomposition_<run>.png, traversal_<run>.{png,pdf}
+    figures/fig11_traversal_comparison.{png,pdf}   (when the runs drawn hold two models or more)
 
 The folder is logged to MLflow under ``report/``: into the sweep's parent run when the runs have
 one, else into a new run tagged ``emorl.report`` (which later collections leave out).
@@ -113,14 +114,23 @@ def _checkpoint_figures(runs, tracking_uri, folder: Path, data_path, traversal_i
     chosen = checkpoint_runs(runs, tracking_uri, max_groups)
     if chosen.empty:
         return made, {"Decompositions and traversals": "no finished run has a checkpoints/last.pt artifact"}
+    models = {}
     for _, run in chosen.iterrows():
         try:
             loaded = figure_module.load_run(run, tracking_uri, data_path, device)
+            models[run["run_id"]] = loaded
             made.append(figure_module.decomposition(run, tracking_uri, folder, loaded=loaded))
             made.append(figure_module.latent_traversal(run, tracking_uri, folder, num_images=traversal_images,
                                                        loaded=loaded))
         except EmorlError as reason:
             skipped[f"Decomposition and traversal of {run['run_name']}"] = str(reason)
+    compared = chosen[chosen["run_id"].isin(models)]
+    if compared["model"].nunique() >= 2:  # e.g. the fig11 sweep: EfficientMORL, GENESIS, GENESIS-S
+        try:
+            made.append(figure_module.traversal_comparison(compared, tracking_uri, folder.parent,
+                                                           num_images=traversal_images, loaded=models))
+        except EmorlError as reason:
+            skipped["Fig. 11"] = str(reason)
     return made, skipped
 
 

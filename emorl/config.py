@@ -33,7 +33,7 @@ OUTPUT_DIR_ENV = "EMORL_OUTPUT_DIR"
 
 @dataclass
 class DataConfig:
-    name: str = "tetrominoes"  # tetrominoes | multi_dsprites | clevr6 (clevr10 for testing)
+    name: str = "tetrominoes"  # tetrominoes | multi_dsprites | multi_dsprites_textured | clevr6 (clevr10 for testing)
     path: str | None = None  # an HDF5 file; None: the generated set for (name, seed, sizes)
     generate_if_missing: bool = True
     generation_seed: int = 0  # seed of the generated data (not of training)
@@ -49,6 +49,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    optimizer: str = "adam"  # adam | rmsprop (MONet's)
     lr: float = 4e-4
     warmup_steps: int = 10_000  # linear warm-up
     decay_rate: float = 0.5  # lr *= decay_rate ** (t / decay_steps), continuously
@@ -57,6 +58,7 @@ class OptimConfig:
     grad_clip_norm: float | None = 5.0  # None: no clipping
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
+    alpha: float = 0.99  # RMSProp's smoothing constant (optimizer=rmsprop only)
     implementation: str = "foreach"  # foreach | fused | single (torch.optim.Adam variants)
     warmup_from_zero: bool = False  # true: lr = base * t / warmup_steps (the authors' code: 0 at step 0)
 
@@ -80,6 +82,7 @@ class GECOConfig:
     zeta_min: float = 0.55
     speedup: float = 1.0  # multiplies the step when the constraint is met (authors: a factor)
     zeta_at_first_update: bool = True  # false: the authors' timing (zeta moves from step warm_start + 1)
+    rule: str = "emorl"  # emorl (Appendix F.2) | genesis (GENESIS's rule; emorl/geco_rules.py)
 
 
 @dataclass
@@ -155,6 +158,8 @@ CHOICES = {
     "trainer.precision": ("fp32", "tf32", "bf16"),
     "optim.decay_from": ("warmup_end", "start"),
     "optim.implementation": ("foreach", "fused", "single"),
+    "optim.optimizer": ("adam", "rmsprop"),
+    "loss.geco.rule": ("emorl", "genesis"),
     "tracking.backend": ("mlflow", "none"),
     "data.on_device": ("auto", "true", "false"),
     "evaluate.refine_objective": ("training", "elbo"),

@@ -41,7 +41,10 @@ class ELBOObjective:
         self.kl_weight = kl_beta
 
     def __call__(self, nll: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
-        return nll + self.kl_weight * kl
+        weight = self.kl_weight  # a float, or a device tensor (GENESIS's GECO): the loss's precision
+        if isinstance(weight, torch.Tensor):
+            weight = weight.to(kl.dtype)
+        return nll + weight * kl
 
 
 class GECOObjective:

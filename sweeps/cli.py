@@ -108,7 +108,8 @@ def format_plan(plan) -> str:
 
     spec = plan.spec
     if spec.kind == "training":
-        factors = [f"{len(spec.experiments)} experiment{'s' if len(spec.experiments) > 1 else ''}"]
+        factors = [f"{len(spec.experiments)} experiment{'s' if len(spec.experiments) > 1 else ''}"
+                   + (f" (+ {len(spec.optional_experiments)} optional)" if spec.optional_experiments else "")]
         if spec.variants:
             factors.append(f"{len(spec.variants)} variants")
         factors += [f"{len(a.values)} values of {a.label}" for a in spec.axes]
@@ -131,6 +132,10 @@ def format_plan(plan) -> str:
     ]
     if plan.overrides:
         lines.append(f"  overrides for every trial: {' '.join(plan.overrides)}")
+    if plan.optional and not any(t.config["name"] in spec.optional_experiments for t in plan.trials):
+        names = ", ".join(spec.optional_experiments)
+        lines.append(f"  optional: {plan.optional} more trials ({names}), run only when --only selects them, "
+                     f"e.g. --only '{spec.optional_experiments[0]}/*'")
     rows = [("#", "trial", "overrides", "state")]
     for index, trial in enumerate(plan.trials, 1):
         state, detail = trial_state(trial)

@@ -28,9 +28,9 @@ SPEC_DIR = Path(__file__).resolve().parent / "specs"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 METRICS = ("ari", "dci", "activeness")
 
-TOP_KEYS = ("name", "description", "experiment", "overrides", "seeds", "variants", "axes", "resources",
-            "max_concurrent", "max_failures", "tracking", "output", "evaluation")
-TRAINING_ONLY = ("experiment", "overrides", "seeds", "variants", "axes")
+TOP_KEYS = ("name", "description", "experiment", "optional_experiment", "overrides", "seeds", "variants", "axes",
+            "resources", "max_concurrent", "max_failures", "tracking", "output", "evaluation")
+TRAINING_ONLY = ("experiment", "optional_experiment", "overrides", "seeds", "variants", "axes")
 RESOURCE_KEYS = ("cpus", "gpus")
 TRACKING_KEYS = ("uri", "experiment")
 AXIS_KEYS = ("key", "keys", "values")
@@ -113,6 +113,7 @@ class SweepSpec:
     path: Path
     description: str = ""
     experiments: tuple[str, ...] = ()
+    optional_experiments: tuple[str, ...] = ()  # in the grid, but run only when --only selects them
     overrides: tuple[str, ...] = ()
     seeds: tuple[int, ...] = ()
     variants: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (name, overrides), in spec order
@@ -172,6 +173,7 @@ class Plan:
     trials: list[Trial]
     overrides: tuple[str, ...] = ()  # given on the command line, applied to every trial
     total: int = 0  # trials of the whole grid (``trials`` may be a selection: --only)
+    optional: int = 0  # trials of the optional experiments, left out unless --only selects them
 
     @property
     def tracking_enabled(self) -> bool:
@@ -238,8 +240,13 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
             raise where.error(", ".join(present), "belongs to training sweeps, not evaluation sweeps",
                               "split the spec in two: one training sweep, one evaluation sweep over its checkpoints")
         return SweepSpec(evaluation=_parse_evaluation(data["evaluation"], where), **common)
+    experiments = _parse_experiments(data.get("experiment"), where)
+    optional = ()
+    if data.get("optional_experiment") is not None:
+        optional = _parse_experiments(data["optional_experiment"], where, "optional_experiment")
+        _unique([*experiments, *optional], where, "experiment and optional_experiment")
     return SweepSpec(
-        experiments=_parse_experiments(data.get("experiment"), where),
+        experiments=experiments, optional_experiments=optional,
         overrides=_overrides(data.get("overrides"), where, "overrides"),
         seeds=_parse_seeds(data.get("seeds"), where),
         variants=_parse_variants(data.get("variants"), where),
@@ -268,15 +275,15 @@ def parse_resources(value: Any, where: _Where | None = None, cpus: float | None 
     return Resources(float(cpus), float(gpus))
 
 
-def _parse_experiments(value: Any, where: _Where) -> tuple[str, ...]:
+def _parse_experiments(value: Any, where: _Where, key: str = "experiment") -> tuple[str, ...]:
     if value is None:
-        raise where.error("experiment", "is missing", "name the base experiment, e.g. `experiment: clevr6` "
+        raise where.error(key, "is missing", "name the base experiment, e.g. `experiment: clevr6` "
                           "(or a list of experiments)")
     names = [value] if isinstance(value, str) else value
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
-        raise where.error("experiment", f"must be an experiment name or a non-empty list of names (got {value!r})",
-                          "e.g. `experiment: [tetrominoes, clevr6]`")
-    _unique(names, where, "experiment")
+        raise where.error(key, f"must be an experiment name or a non-empty list of names (got {value!r})",
+                          f"e.g. `{key}: [tetrominoes, clevr6]`")
+    _unique(names, where, key)
     return tuple(names)
 
 
@@ -404,7 +411,8 @@ def expand(spec: SweepSpec, overrides: list[str] | tuple[str, ...] = (), output:
     """Expand a spec into its trials, composing (and so validating) every trial's config.
 
     ``overrides`` (Hydra, from the command line) apply to every training trial after the spec's own;
-    ``only`` keeps the trials whose id matches one of the patterns.
+    ``only`` keeps the trials whose id matches one of the patterns. The trials of the spec's
+    ``optional_experiment`` are run only when ``only`` selects them.
     """
     where = _Where(spec.path)
     overrides = tuple(overrides)
@@ -419,6 +427,7 @@ def expand(spec: SweepSpec, overrides: list[str] | tuple[str, ...] = (), output:
     uri = _absolute_uri(tracking_uri or spec.tracking_uri)
     experiment = spec.tracking_experiment or spec.name
     trials: list[Trial] = []
+    optional: set[str] = set()
     for experiment_name, variant, distinct in _combinations(spec):
         composed = _compose(spec, experiment_name, variant, [*spec.overrides, *distinct, *overrides])
         for seed in spec.seeds:
@@ -427,10 +436,16 @@ def expand(spec: SweepSpec, overrides: list[str] | tuple[str, ...] = (), output:
             trial_id = f"{container['name']}/{variant}/seed{seed}"
             trial_dir = output_dir / container["name"] / variant / f"seed{seed}"
             _sweep_settings(container, trial_dir, uri, experiment, spec.name, trial_id, spec.resources)
-            shown = tuple(distinct) if len(spec.experiments) == 1 else (f"experiment={experiment_name}", *distinct)
+            several = len(spec.experiments) + len(spec.optional_experiments) > 1
+            shown = (f"experiment={experiment_name}", *distinct) if several else tuple(distinct)
             trials.append(Trial(trial_id, "train", trial_dir, variant, seed, shown, spec.resources, config=container))
+            if experiment_name in spec.optional_experiments:
+                optional.add(trial_id)
     _check_distinct(trials, spec)
-    return Plan(spec, output_dir, uri, experiment, _select(trials, only, spec), overrides, len(trials))
+    if not only:  # the optional experiments' trials run only when --only selects them
+        default = [t for t in trials if t.id not in optional]
+        return Plan(spec, output_dir, uri, experiment, default, overrides, len(default), len(optional))
+    return Plan(spec, output_dir, uri, experiment, _select(trials, only, spec), overrides, len(trials), len(optional))
 
 
 def _combinations(spec: SweepSpec):
@@ -439,7 +454,7 @@ def _combinations(spec: SweepSpec):
     points = [((), [])]
     for axis in spec.axes:
         points = [(tags + (axis.tag(v),), ovr + axis.overrides(v)) for tags, ovr in points for v in axis.values]
-    for experiment in spec.experiments:
+    for experiment in (*spec.experiments, *spec.optional_experiments):
         for variant_name, variant_overrides in variants:
             for tags, axis_overrides in points:
                 label = "_".join(part for part in (variant_name, *tags) if part) or "default"

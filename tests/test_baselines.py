@@ -181,13 +181,10 @@ def test_slot_mlp_k_at_test_time_must_equal_the_trained_k():
 
 
 # -- outputs ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", sorted(TINY))
-def test_output_shapes_masks_and_reconstruction(name):
-    model = tiny(name)
-    x = images()
-    out = model(x)
-    b, k, d = 2, 3, 8
-    assert isinstance(out, OUTPUT_TYPES[name])
+def check_slot_output(out, x, slots: int, size: int) -> None:
+    """What every model's output must hold (B = 2 images of 16x16, K = ``slots``, D = ``size``); shared
+    with tests/test_sequential_models.py."""
+    b, k, d = 2, slots, size
     assert out.masks.shape == (b, k, 1, 16, 16) and out.components.shape == (b, k, 3, 16, 16)
     assert out.slots.shape == (b, k, d) and out.representation.shape == (b, k, d)
     torch.testing.assert_close(out.masks.sum(1), torch.ones(b, 1, 16, 16))
@@ -198,14 +195,29 @@ def test_output_shapes_masks_and_reconstruction(name):
     torch.testing.assert_close(scalars["mse"], ((out.reconstruction - (x + 1) / 2) ** 2).mean().detach())
 
 
+def check_decode(model, out, masks) -> None:
+    """``model.decode`` of the sampled slots gives the components and ``masks`` back, without a graph."""
+    decoded = model.decode(out.slots)
+    assert isinstance(decoded, DecoderOutput) and not decoded.rgb.requires_grad
+    torch.testing.assert_close(decoded.rgb, out.components.detach())
+    torch.testing.assert_close(decoded.masks, masks.detach())
+    return decoded
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_output_shapes_masks_and_reconstruction(name):
+    model = tiny(name)
+    x = images()
+    out = model(x)
+    assert isinstance(out, OUTPUT_TYPES[name])
+    check_slot_output(out, x, slots=3, size=8)
+
+
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_decode_reproduces_the_components_and_masks(name):
     model = tiny(name)
     out = model(images())
-    decoded = model.decode(out.slots)
-    assert isinstance(decoded, DecoderOutput) and not decoded.rgb.requires_grad
-    torch.testing.assert_close(decoded.rgb, out.components.detach())
-    torch.testing.assert_close(decoded.masks, out.masks.detach())
+    check_decode(model, out, out.masks)
 
 
 def test_slot_attention_iterations_override_and_attention():
@@ -228,14 +240,20 @@ def test_slot_attention_iterations_override_and_attention():
 PERMUTATION = torch.tensor([2, 0, 1])
 
 
-def test_slot_attention_is_permutation_equivariant(monkeypatch):
-    model = tiny("slot_attention").double()
+def passes_with_permuted_noise(model, monkeypatch):
+    """Two passes on the same float64 images, the second with every noise draw of the first replayed
+    with its slot axis permuted: (first output, second output, the tape)."""
     x = images(dtype=torch.float64)
     tape = NoiseTape()
     monkeypatch.setattr(gaussian_module, "standard_normal_like", tape)
     out = model(x)
     tape.transform = lambda noise: noise[:, PERMUTATION]
-    permuted = model(x)
+    return out, model(x), tape
+
+
+def test_slot_attention_is_permutation_equivariant(monkeypatch):
+    model = tiny("slot_attention").double()
+    out, permuted, tape = passes_with_permuted_noise(model, monkeypatch)
     assert len(tape.recorded) == 1 and tape.position == 1  # one draw: the initial slots
     torch.testing.assert_close(permuted.slots, out.slots[:, PERMUTATION])
     torch.testing.assert_close(permuted.attention, out.attention[:, PERMUTATION])
@@ -247,12 +265,7 @@ def test_slot_attention_is_permutation_equivariant(monkeypatch):
 
 def test_iodine_is_permutation_equivariant(monkeypatch):
     model = tiny("iodine", refine_steps=3).double()
-    x = images(dtype=torch.float64)
-    tape = NoiseTape()
-    monkeypatch.setattr(gaussian_module, "standard_normal_like", tape)
-    out = model(x)
-    tape.transform = lambda noise: noise[:, PERMUTATION]
-    permuted = model(x)
+    out, permuted, tape = passes_with_permuted_noise(model, monkeypatch)
     assert len(tape.recorded) == 4 and tape.position == 4  # one sample per step, T + 1 steps
     for a, b in zip(out.posteriors, permuted.posteriors):
         torch.testing.assert_close(b.mean, a.mean[:, PERMUTATION])
@@ -440,7 +453,7 @@ def test_iodine_learns_a_fixed_batch():
 
 # -- the efficiency benchmark's helpers (the benchmark itself is never run by tests) ------------------------
 def test_efficiency_benchmark_models_and_ratios():
-    from emorl.bench.efficiency import add_ratios, bench_model, search_largest
+    from emorl.bench.efficiency import DEFAULT_MODELS, add_ratios, bench_model, search_largest
 
     x_s = bench_model("emorl-xs-i3")
     assert x_s.config["decoder"] == "deconv" and x_s.call == {"refine_steps": 3} and x_s.label == "E-X-S-3"
@@ -464,8 +477,12 @@ def test_efficiency_benchmark_models_and_ratios():
     for (name, p), q in zip(plain_model.named_parameters(), trainer_model.parameters()):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5 * max(1.0, p.grad.abs().max().item()),
                                    msg=name)
-    with pytest.raises(ConfigError, match="unknown model 'genesis'"):
-        bench_model("genesis")
+    genesis = bench_model("genesis")
+    assert genesis.config == {"name": "genesis", "num_slots": 7} and genesis.call == {} and genesis.label == "GENESIS"
+    assert "genesis" in DEFAULT_MODELS and "slot_attention" in DEFAULT_MODELS  # Fig. 10's models
+    assert bench_model("monet").build(128).config.unet_channels == [32, 32, 32, 64, 64, 64]
+    with pytest.raises(ConfigError, match="unknown model 'air'"):
+        bench_model("air")
     rows = [dict(model="emorl-i0", image_size=64, forward_ms=2.0, forward_backward_ms=10.0,
                  forward_backward_peak_mib=50.0, max_batch=200),
             dict(model="iodine", image_size=64, forward_ms=20.0, forward_backward_ms=60.0,

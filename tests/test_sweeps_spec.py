@@ -12,7 +12,7 @@ from sweeps.spec import expand, load_spec, shipped_specs
 
 EXPECTED = {  # spec -> (kind, trials)
     "quickstart": ("training", 4),  # 2 variants x 2 seeds
-    "table1": ("training", 40),  # (EfficientMORL, Slot Attention) x 3 settings x 5 seeds + 2 Tetrominoes recipes
+    "table1": ("training", 40),  # (EfficientMORL, Slot Attention) x 3 settings x 5 seeds + 2 Tetrominoes recipes (+ 40 optional)
     "table2_clevr6": ("training", 30),  # 3 variants x 10 seeds
     "table2_tetrominoes": ("training", 20),  # 4 variants x 5 seeds (see the spec on `with_geco`)
     "table3": ("evaluation", 10),  # Table 1's CLEVR6 models: 2 models x 5 seeds
@@ -20,6 +20,7 @@ EXPECTED = {  # spec -> (kind, trials)
     "fig8": ("training", 25),  # L in 0..4 x 5 seeds
     "fig7": ("evaluation", 10),  # 5 CLEVR6 models x {CLEVR6, CLEVR10 with K = 11}
     "fig14": ("evaluation", 10),  # 2 Tetrominoes variants x 5 seeds
+    "fig11": ("training", 9),  # (EfficientMORL, GENESIS, GENESIS-S) on the textured set x 3 seeds
 }
 
 
@@ -145,7 +146,36 @@ def test_cli_overrides_and_only(tmp_path):
         expand(load_spec("quickstart"), only=["nope*"])
 
 
+def test_table1_optional_rows_run_only_when_selected(tmp_path, capsys):
+    spec = load_spec("table1")
+    default = expand(spec)
+    assert {t.config["model"]["name"] for t in default.trials} == {"efficient_morl", "slot_attention"}
+    assert default.optional == 40 and default.total == 40
+    monet = expand(spec, only=["monet_*"])
+    assert [t.id for t in monet.trials] == [f"monet_{d}/default/seed{s}" for d in ("multi_dsprites", "clevr6")
+                                            for s in range(5)]
+    assert monet.total == 80 and {t.config["optim"]["optimizer"] for t in monet.trials} == {"rmsprop"}
+    rows = expand(spec, only=["iodine_*", "slot_mlp_*", "clevr6/*"])
+    assert {t.config["model"]["name"] for t in rows.trials} == {"iodine", "slot_mlp", "efficient_morl"}
+    assert main(["sweep", "table1", "--dry-run", "--output", str(tmp_path / "out")]) == 0
+    assert "optional: 40 more trials (iodine_tetrominoes" in capsys.readouterr().out
+    assert main(["sweep", "table1", "--only", "monet_*", "--dry-run", "--output", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "10 trials of 80" in printed and "monet_clevr6/default/seed4" in printed and "optional:" not in printed
+
+
+def test_fig11_compares_emorl_genesis_and_genesis_s_on_the_textured_set():
+    plan = expand(load_spec("fig11"))
+    models = {t.config["model"]["name"] for t in plan.trials}
+    assert models == {"efficient_morl", "genesis", "genesis_s"}
+    assert {t.config["data"]["name"] for t in plan.trials} == {"multi_dsprites_textured"}
+    genesis = [t.config for t in plan.trials if t.config["model"]["name"] != "efficient_morl"]
+    assert all(c["model"]["likelihood"] == "gaussian" and c["model"]["sigma"] == 0.1 for c in genesis)
+    assert all(c["loss"]["geco"]["rule"] == "genesis" for c in genesis)
+
+
 @pytest.mark.parametrize("changes, message", [
+    ({"optional_experiment": ["smoke"]}, r"experiment and optional_experiment repeats \['smoke'\]"),
     ({"seed_list": [1]}, r"unknown key\(s\) \['seed_list'\]; valid keys: name, description, experiment"),
     ({"resources": {"cpus": 1, "gpu": 1}}, r"unknown key\(s\) \['gpu'\] in resources; valid keys: cpus, gpus"),
     ({"axes": {"L": {"key": "model.stochastic_layers", "values": []}}}, r"axes.L.values is missing or empty"),

@@ -14,6 +14,9 @@ Models (the paper's CLEVR settings, K = 7, D = 64):
   runs it: channels_last and the fused ``forward_backward`` (same gradients, docs/model.md);
   without it, ``model(images).loss.backward()`` in NCHW, as the baselines are timed.
 * ``slot_attention``: 3 iterations, the deconvolutional decoder; ``slot_mlp``.
+* ``genesis``: GENESIS with its official sizes (|z^m| = 64, |z^c| = 16, the mixture with sigma
+  0.7); ``genesis_s`` (one latent per component); ``monet`` (MONet's sizes, a U-Net of 5
+  blocks, 6 from 128x128 as its CLEVR setting). None of them refines: one pass.
 * ``iodine``: T = 5 refinement steps, the original's CLEVR sizes.
 
 Timing: ``--warmup`` passes, then the median of ``--repeats`` passes, each timed with
@@ -58,7 +61,7 @@ import torch
 from emorl.bench.timing import synchronize, time_calls
 from emorl.errors import ConfigError
 
-DEFAULT_MODELS = ("emorl-i0", "emorl-i1", "emorl-i3", "emorl-xs-i3", "slot_attention", "iodine")
+DEFAULT_MODELS = ("emorl-i0", "emorl-i1", "emorl-i3", "emorl-xs-i3", "slot_attention", "genesis", "iodine")
 REFERENCE = "iodine"
 PAPER = ("paper (RTX 2080 Ti, batch 4, 128x128): EfficientMORL at I = 0 has a 10x faster forward pass "
          "and a 6x faster forward + backward pass than IODINE (Sec. 4.4, Fig. 10)")
@@ -80,12 +83,16 @@ class BenchModel:
     def build(self, image_size: int) -> torch.nn.Module:
         from emorl.models import build_model
 
-        model = build_model({**self.config, "image_size": image_size})
+        config = {**self.config, "image_size": image_size}
+        if config["name"] == "monet" and image_size >= 128:  # MONet's CLEVR U-Net: 6 blocks (5 below)
+            config["unet_channels"] = [32, 32, 32, 64, 64, 64]
+        model = build_model(config)
         return model.to(memory_format=torch.channels_last) if self.trainer_path else model
 
 
 def bench_model(name: str) -> BenchModel:
-    """The :class:`BenchModel` of a name: emorl-iN, emorl-xs-iN, slot_attention, slot_mlp or iodine."""
+    """The :class:`BenchModel` of a name: emorl-iN, emorl-xs-iN, slot_attention, slot_mlp, genesis, genesis_s,
+    monet or iodine."""
     emorl = re.fullmatch(r"emorl-(xs-)?i(\d+)(-trainer)?", name)
     if emorl:
         steps, trainer_path = int(emorl.group(2)), bool(emorl.group(3))
@@ -99,12 +106,16 @@ def bench_model(name: str) -> BenchModel:
                           {"refine_steps": 3})
     if name == "slot_mlp":
         return BenchModel(name, "Slot MLP", dict(name="slot_mlp", **CLEVR, slot_dim=64, decoder="deconv"))
+    if name in ("genesis", "genesis_s"):
+        return BenchModel(name, "GENESIS" if name == "genesis" else "GENESIS-S", dict(name=name, **CLEVR))
+    if name == "monet":
+        return BenchModel(name, "MONet", dict(name="monet", **CLEVR))
     if name == "iodine":
         return BenchModel(name, "IODINE", dict(name="iodine", **CLEVR, latent_dim=64, refine_steps=5),
                           {"refine_steps": 5})
     raise ConfigError(f"--models: unknown model {name!r}; choose from emorl-iN, emorl-xs-iN (N = refinement steps I; "
                       "append -trainer for the trainer's fused step), "
-                      "slot_attention, slot_mlp, iodine")
+                      "slot_attention, slot_mlp, genesis, genesis_s, monet, iodine")
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -85,6 +85,7 @@ DATASET_SHAPES = {
 DATASET_FAMILY = {
     "tetrominoes": "tetrominoes",
     "multi_dsprites": "multi_dsprites",
+    "multi_dsprites_textured": "multi_dsprites",
     "clevr": "clevr",
     "clevr6": "clevr",
     "clevr10": "clevr",

@@ -45,15 +45,16 @@ def evaluation_objective(container: dict, geco_state: dict | None, step: int, de
     plain ELBO during its warm start), as in training and in the authors' evaluation; otherwise
     None (the plain negative ELBO). Configs from before the setting existed evaluate with the ELBO,
     as their trainer did."""
-    from emorl.geco import GECO
+    from emorl.geco_rules import build_geco
 
     choice = choice or container.get("evaluate", {}).get("refine_objective", "elbo")
     loss = container.get("loss", {})
     geco_cfg = loss.get("geco", {})
     if choice != "training" or not geco_cfg.get("enabled") or geco_state is None:
         return None
-    geco = GECO(geco_cfg["target"], geco_cfg.get("step_size", 1e-6), geco_cfg.get("ema", 0.99),
-                geco_cfg.get("warm_start", 1000), kl_beta=loss.get("kl_beta", 1.0), device=device)
+    from emorl.config import GECOConfig
+
+    geco = build_geco({**vars(GECOConfig()), **geco_cfg}, loss.get("kl_beta", 1.0), device=device)
     geco.load_state_dict(geco_state)
     return geco.objective(step)
 

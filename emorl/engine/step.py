@@ -56,12 +56,16 @@ def compute_gradients(model, images: torch.Tensor, refine_steps: int, objective,
 _IMPLEMENTATIONS = {"foreach": {"foreach": True}, "fused": {"fused": True}, "single": {"foreach": False}}
 
 
-def make_optimizer(model: torch.nn.Module, optim, device: torch.device) -> torch.optim.Adam:
-    """Adam as ``optim`` configures it. On CUDA it is capturable (step counts on the device) and its
-    learning rate is a device tensor that :class:`TrainingStep` fills before each step; on the CPU
-    it is the plain Adam with a float learning rate."""
+def make_optimizer(model: torch.nn.Module, optim, device: torch.device) -> torch.optim.Optimizer:
+    """Adam (or RMSProp, MONet's: ``optim.optimizer=rmsprop``) as ``optim`` configures it. On CUDA it
+    is capturable (step counts on the device) and its learning rate is a device tensor that
+    :class:`TrainingStep` fills before each step; on the CPU it is the plain optimiser with a float
+    learning rate."""
     capturable = device.type == "cuda"
     lr = torch.tensor(float(optim.lr), device=device) if capturable else float(optim.lr)
+    if getattr(optim, "optimizer", "adam") == "rmsprop":  # MONet (Burgess et al. 2019)
+        return torch.optim.RMSprop(model.parameters(), lr=lr, alpha=optim.alpha, eps=optim.eps,
+                                   capturable=capturable, foreach=optim.implementation != "single")
     return torch.optim.Adam(model.parameters(), lr=lr, betas=tuple(optim.betas), eps=optim.eps,
                             capturable=capturable, **_IMPLEMENTATIONS[optim.implementation])
 

@@ -34,7 +34,8 @@ from emorl.engine.schedule import learning_rate_factor, refine_steps_at
 from emorl.engine.step import (TrainingStep, compute_gradients, load_optimizer_state, make_optimizer,
                                optimizer_state)
 from emorl.errors import ConfigError, EmorlError, TrainingError
-from emorl.geco import GECO, check_target_reachable
+from emorl.geco import check_target_reachable
+from emorl.geco_rules import build_geco
 from emorl.models import build_model
 from emorl.tracking import MLflowTracker, Tracker, default_artifact_root
 
@@ -148,8 +149,7 @@ class Trainer:
         self.geco_warning = None
         if cfg.loss.geco.enabled:
             g = cfg.loss.geco
-            self.geco = GECO(g.target, g.step_size, g.ema, g.warm_start, g.zeta_init, g.zeta_min, g.speedup,
-                             cfg.loss.kl_beta, g.zeta_at_first_update, device=self.device)
+            self.geco = build_geco(g, cfg.loss.kl_beta, device=self.device)  # loss.geco.rule: emorl | genesis
             sigma = self.container["model"].get("sigma", 0.1)
             with warnings.catch_warnings(record=True):
                 warnings.simplefilter("always")

@@ -21,6 +21,9 @@ MODELS = {
     "slot_attention": ("emorl.models.slot_attention", "SlotAttentionAutoEncoder", "SlotAttentionConfig"),
     "slot_mlp": ("emorl.models.slot_mlp", "SlotMLPAutoEncoder", "SlotMLPConfig"),
     "iodine": ("emorl.models.iodine", "IODINE", "IODINEConfig"),
+    "monet": ("emorl.models.monet", "MONet", "MONetConfig"),
+    "genesis": ("emorl.models.genesis", "GENESIS", "GENESISConfig"),
+    "genesis_s": ("emorl.models.genesis", "GENESIS", "GENESISSConfig"),
 }
 
 

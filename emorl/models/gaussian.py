@@ -6,10 +6,18 @@
 * ``"authors"``: sigma^2 = softplus(min(s, 80)) + 1e-5           (the released code)
 
 Both are bounded below by about 1e-5 and differ by at most 1e-5 everywhere.
+
+The sequential-attention baselines parameterise their Gaussians as their papers do (these
+formulas are not choices of EfficientMORL's ``model.variance_formula``):
+
+* ``"log_std"``:       sigma = exp(min(s, 40))                          (MONet: mu and log sigma)
+* ``"genesis"``:       sigma = softplus(s + 0.5) + 1e-8                 (GENESIS' posteriors)
+* ``"genesis_prior"``: sigma = sigmoid(s + 4) + 1e-4, in (1e-4, 1 + 1e-4) (GENESIS' learned priors)
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -18,8 +26,10 @@ import torch.nn.functional as F
 from emorl.errors import ConfigError
 
 VARIANCE_FORMULAS = ("paper", "authors")
+BASELINE_FORMULAS = ("log_std", "genesis", "genesis_prior")
 _S_MAX = 80.0
 _EPS = 1e-5
+_LOG_STD_MAX = 40.0  # exp(2 * 40) is still finite in float32
 
 
 def standard_normal_like(x: torch.Tensor) -> torch.Tensor:
@@ -34,7 +44,13 @@ def variance_from_raw(raw_scale: torch.Tensor, formula: str = "paper") -> torch.
         return torch.log1p(torch.exp(clipped) + _EPS)
     if formula == "authors":
         return F.softplus(clipped) + _EPS
-    raise ConfigError(f"model.variance_formula={formula!r} is not one of {VARIANCE_FORMULAS}")
+    if formula == "log_std":
+        return torch.exp(2.0 * torch.clamp(raw_scale, max=_LOG_STD_MAX))
+    if formula == "genesis":
+        return (F.softplus(raw_scale + 0.5) + 1e-8).square()
+    if formula == "genesis_prior":
+        return (torch.sigmoid(raw_scale + 4.0) + 1e-4).square()
+    raise ConfigError(f"model.variance_formula={formula!r} is not one of {VARIANCE_FORMULAS + BASELINE_FORMULAS}")
 
 
 class Gaussian(NamedTuple):
@@ -55,6 +71,11 @@ class Gaussian(NamedTuple):
     def rsample(self) -> torch.Tensor:
         """Reparameterised sample mu + sigma * eps."""
         return self.mean + self.std * standard_normal_like(self.mean)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """log N(value; mean, variance) summed over the last dimension (constants included)."""
+        var = self.variance
+        return -0.5 * ((value - self.mean).square() / var + var.log() + math.log(2 * math.pi)).sum(-1)
 
     def kl(self, prior: "Gaussian | None" = None) -> torch.Tensor:
         """Analytic KL(self || prior) summed over the last dimension; ``None`` = N(0, I)."""

@@ -1,6 +1,6 @@
 """Procedural generators of the Multi-Object benchmark's datasets.
 
-One module per generator (``tetrominoes``, ``multi_dsprites``, ``clevr``), each
+One module per generator (``tetrominoes``, ``multi_dsprites``, ``multi_dsprites_textured``, ``clevr``), each
 defining a :class:`GeneratorSpec` and ``render(rng, **options)``; the registry
 :data:`GENERATORS` maps a dataset name to its spec, imported only when used, and
 :func:`generate` writes a set in the HDF5 layout with worker processes.

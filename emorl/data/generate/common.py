@@ -35,7 +35,7 @@ from emorl.errors import ConfigError, DatasetError
 class GeneratorSpec:
     """What a generator makes: name, factor family, frame size, entities and splits."""
 
-    name: str  # "tetrominoes", "multi_dsprites", "clevr6", "clevr10"
+    name: str  # "tetrominoes", "multi_dsprites", "multi_dsprites_textured", "clevr6", "clevr10"
     family: str  # key of layout.FACTORS: "tetrominoes" | "multi_dsprites" | "clevr"
     image_hw: tuple[int, int]  # stored frame size
     max_objects: int  # O, entities including background
@@ -53,6 +53,7 @@ class GeneratorSpec:
 GENERATORS: dict[str, str] = {
     "tetrominoes": "emorl.data.generate.tetrominoes:SPEC",
     "multi_dsprites": "emorl.data.generate.multi_dsprites:SPEC",
+    "multi_dsprites_textured": "emorl.data.generate.multi_dsprites_textured:SPEC",
     "clevr6": "emorl.data.generate.clevr:SPEC_CLEVR6",
     "clevr10": "emorl.data.generate.clevr:SPEC_CLEVR10",
 }

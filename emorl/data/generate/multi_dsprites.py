@@ -68,14 +68,19 @@ def sprite_centre(x: float, y: float) -> tuple[float, float]:
     return (0.25 + 0.5 * x) * SIZE, (0.25 + 0.5 * y) * SIZE
 
 
-def sprite_mask(shape: int, scale: float, orientation: float, x: float, y: float) -> np.ndarray:
-    """Bool [64, 64]: the pixels whose centre lies inside the sprite."""
+def sprite_frame(scale: float, orientation: float, x: float, y: float) -> tuple[np.ndarray, np.ndarray]:
+    """(u, v) [64, 64]: every pixel centre in the sprite's own frame at scale 1 (u along the
+    sprite's x axis, v along its y axis, pointing up on screen at orientation 0)."""
     centre_x, centre_y = sprite_centre(x, y)
     dx = _COORDS[None, :] - centre_x
     up = centre_y - _COORDS[:, None]  # y up, so that orientation turns counter-clockwise
     cos, sin = np.cos(orientation), np.sin(orientation)
-    u = (cos * dx + sin * up) / scale  # sprite frame at scale 1
-    v = (cos * up - sin * dx) / scale
+    return (cos * dx + sin * up) / scale, (cos * up - sin * dx) / scale
+
+
+def sprite_mask(shape: int, scale: float, orientation: float, x: float, y: float) -> np.ndarray:
+    """Bool [64, 64]: the pixels whose centre lies inside the sprite."""
+    u, v = sprite_frame(scale, orientation, x, y)
     if shape == 1:
         half = SQUARE_SIDE / 2
         return (np.abs(u) <= half) & (np.abs(v) <= half)
@@ -92,20 +97,35 @@ def sprite_mask(shape: int, scale: float, orientation: float, x: float, y: float
     raise ValueError(f"shape must be 1 (square), 2 (ellipse) or 3 (heart), got {shape}")
 
 
-def render(
-    rng: np.random.Generator, min_sprites: int = MIN_SPRITES, max_sprites: int = MAX_SPRITES
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One image: uint8 [64,64,3], bool visible masks [6,64,64], float32 factors [6,9]."""
+def gray_background(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A uniform random gray: (uint8 image [64, 64, 3], its RGB in [0, 1] for the factors)."""
+    gray = rng.uniform()
+    image = np.empty((SIZE, SIZE, 3), np.uint8)
+    image[:] = np.uint8(round(gray * 255))
+    return image, np.full(3, gray)
+
+
+def flat_colour(rng: np.random.Generator, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One colour drawn uniformly in HSV: (uint8 pixels [64, 64, 3], the RGB in [0, 1])."""
+    rgb = np.array(colorsys.hsv_to_rgb(*rng.uniform(size=3)))
+    return np.broadcast_to(np.round(rgb * 255).astype(np.uint8), (SIZE, SIZE, 3)), rgb
+
+
+def render_sprites(rng: np.random.Generator, min_sprites: int, max_sprites: int, background, paint
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A Multi-dSprites scene whose background and sprite appearance are drawn by the callbacks:
+    ``background(rng) -> (uint8 image [64, 64, 3], RGB factor [3])`` and ``paint(rng, u, v) ->
+    (uint8 pixels [64, 64, 3], RGB factor [3])`` with (u, v) the sprite frame of every pixel
+    (:func:`sprite_frame`). Returns uint8 [64, 64, 3], bool visible masks [6, 64, 64], float32
+    factors [6, 9]; the random draws come in the same order whatever the callbacks draw."""
     if not 1 <= min_sprites <= max_sprites <= MAX_SPRITES:
         raise ValueError(f"need 1 <= min_sprites <= max_sprites <= {MAX_SPRITES}, got {min_sprites}, {max_sprites}")
     num_entities = MAX_SPRITES + 1
     num_sprites = int(rng.integers(min_sprites, max_sprites + 1))
-    gray = rng.uniform()
-    image = np.empty((SIZE, SIZE, 3), np.uint8)
-    image[:] = np.uint8(round(gray * 255))
+    image, background_rgb = background(rng)
     labels = np.zeros((SIZE, SIZE), np.int8)
     factors = np.zeros((num_entities, 9), np.float32)
-    factors[0, 5:8] = gray
+    factors[0, 5:8] = background_rgb
     factors[0, 8] = 1.0
     for entity in range(1, num_sprites + 1):
         shape = int(rng.integers(1, 4))
@@ -113,10 +133,17 @@ def render(
         orientation = ORIENTATIONS[rng.integers(len(ORIENTATIONS))]
         x = POSITIONS[rng.integers(len(POSITIONS))]
         y = POSITIONS[rng.integers(len(POSITIONS))]
-        rgb = np.array(colorsys.hsv_to_rgb(*rng.uniform(size=3)))
+        pixels, rgb = paint(rng, *sprite_frame(scale, orientation, x, y))
         inside = sprite_mask(shape, scale, orientation, x, y)
         labels[inside] = entity  # later sprites occlude earlier ones
-        image[inside] = np.round(rgb * 255).astype(np.uint8)
+        image[inside] = pixels[inside]
         factors[entity] = (x, y, shape, scale, orientation, *rgb, 1.0)
     masks = labels[None] == np.arange(num_entities, dtype=np.int8)[:, None, None]
     return image, masks, factors
+
+
+def render(
+    rng: np.random.Generator, min_sprites: int = MIN_SPRITES, max_sprites: int = MAX_SPRITES
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image: uint8 [64,64,3], bool visible masks [6,64,64], float32 factors [6,9]."""
+    return render_sprites(rng, min_sprites, max_sprites, gray_background, flat_colour)

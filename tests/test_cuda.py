@@ -135,6 +135,9 @@ def _graph_and_eager(model_kind: str, steps: int = 9):
         "iodine": dict(name="iodine", image_size=16, num_slots=3, latent_dim=8, refine_steps=2,
                        decoder="broadcast_light", refine_channels=16, refine_mlp=[32], lstm_hidden=16),
     }
+    from tests.test_sequential_models import TINY as SEQUENTIAL
+
+    configs.update({name: dict(name=name, **SEQUENTIAL[name]) for name in ("monet", "genesis")})
     runs = {}
     for graph in (True, False):
         torch.manual_seed(0)
@@ -154,7 +157,7 @@ def _graph_and_eager(model_kind: str, steps: int = 9):
     return runs
 
 
-@pytest.mark.parametrize("model_kind", ["efficient_morl", "slot_attention", "slot_mlp", "iodine"])
+@pytest.mark.parametrize("model_kind", ["efficient_morl", "slot_attention", "slot_mlp", "iodine", "monet", "genesis"])
 def test_the_cuda_graph_step_computes_the_eager_step(model_kind):
     """Replayed steps give the eager steps' losses and parameters, across GECO's warm start, a change
     of I and a smaller batch; the replays draw the same noise as the eager steps."""

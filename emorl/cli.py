@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from importlib.metadata import entry_points
 
@@ -43,17 +44,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_stopped_by: list[int] = []  # the signal that stopped the command (SIGTERM), if any
+
+
+def _stop_on_sigterm(signum, frame) -> None:
+    """SIGTERM (``kill``, a scheduler's time limit) stops like Ctrl-C: cleanly, work kept."""
+    _stopped_by.append(signum)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         return int(args.func(args) or 0)
     except EmorlError as error:
         print(f"emorl {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as error:  # one line, no traceback: what is kept and how to go on
+        name = "SIGTERM" if _stopped_by else "Ctrl-C"
+        print(f"emorl {args.command}: stopped by {name}" + (f": {error}" if str(error) else ""), file=sys.stderr)
+        return 128 + (_stopped_by[-1] if _stopped_by else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -273,6 +274,44 @@ def check(cfg: DictConfig) -> None:
                 "data.batch_size", "trainer.eval_images", "trainer.eval_batch_size"):
         if OmegaConf.select(cfg, key) < 1:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} must be >= 1")
+    for key, value in (("name", cfg.name), ("variant", cfg.variant)):
+        check_name(key, value)
+    if cfg.seed < 0:
+        raise ConfigError(f"seed={cfg.seed} must be >= 0")
+    _check_optim(cfg.optim)
+
+
+# A name that becomes one folder of a path: no separators, no '..', nothing hidden.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
+
+
+def check_name(key: str, value: object) -> None:
+    """``value`` may become a folder name: one plain path component, never '..' or a path."""
+    text = str(value)
+    if not NAME_PATTERN.match(text) or len(text) > 200:
+        raise ConfigError(f"{key}={text!r} is not a plain name: it becomes a folder of the run's path, so it may "
+                          "hold only letters, digits and _ . + = - and start with a letter or digit; "
+                          f"e.g. {key}=my_{key}")
+
+
+def _check_optim(optim: DictConfig) -> None:
+    """Ranges the optimisers check only when built (with a raw ValueError)."""
+    problems = []
+    if not optim.lr > 0:
+        problems.append(f"optim.lr={optim.lr} must be > 0 (the paper's: 4e-4)")
+    if optim.warmup_steps < 0:
+        problems.append(f"optim.warmup_steps={optim.warmup_steps} must be >= 0 (0: no warm-up)")
+    if not optim.decay_rate > 0 or optim.decay_steps < 1:
+        problems.append(f"optim.decay_rate={optim.decay_rate} must be > 0 and optim.decay_steps="
+                        f"{optim.decay_steps} >= 1 (decay_rate=1: no decay)")
+    if optim.grad_clip_norm is not None and not optim.grad_clip_norm > 0:
+        problems.append(f"optim.grad_clip_norm={optim.grad_clip_norm} must be > 0, or null for no clipping")
+    if len(optim.betas) != 2 or not all(0 <= b < 1 for b in optim.betas):
+        problems.append(f"optim.betas={list(optim.betas)} must be two numbers in [0, 1), e.g. [0.9,0.999]")
+    if not optim.eps > 0 or not 0 <= optim.alpha < 1:
+        problems.append(f"optim.eps={optim.eps} must be > 0 and optim.alpha={optim.alpha} in [0, 1)")
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def to_container(cfg: DictConfig) -> dict:
@@ -332,6 +371,13 @@ def default_tracking_uri() -> str:
 def run_output_dir(cfg: DictConfig | dict) -> Path:
     """Where a run keeps its checkpoints, tracking spool and figures (absolute)."""
     trainer = cfg["trainer"]
-    if trainer.get("output_dir"):
+    if trainer.get("output_dir"):  # a folder the user chose, anywhere
         return Path(trainer["output_dir"]).expanduser().resolve()
-    return output_root() / "runs" / str(cfg["name"]) / str(cfg["variant"]) / f"seed{cfg['seed']}"
+    check_name("name", cfg["name"])
+    check_name("variant", cfg["variant"])
+    root = output_root() / "runs"
+    folder = (root / str(cfg["name"]) / str(cfg["variant"]) / f"seed{cfg['seed']}").resolve()
+    if not folder.is_relative_to(root):  # a symbolic link inside the root that leads out of it
+        raise ConfigError(f"the run folder {folder} lies outside the output root {root} (a symbolic link?); "
+                          "remove the link, or choose trainer.output_dir explicitly")
+    return folder

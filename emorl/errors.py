@@ -19,3 +19,10 @@ class DatasetError(EmorlError, ValueError):
 
 class TrainingError(EmorlError, RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped the work; the message says what is kept and how to continue.
+
+    A KeyboardInterrupt, so that code that stops on one (Ray Tune, our sweep driver) still does.
+    """

@@ -257,6 +257,13 @@ def default_artifact_root(uri: str) -> str | None:
     return None
 
 
+def browse_command(uri: str) -> str:
+    """How to look at the runs of a tracking store."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} in a browser"
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
 def sync(run_dir: str | Path, uri: str | None = None) -> int:
     """Deliver the pending records of a run folder; returns how many were pending."""
     folder = Path(run_dir).resolve()

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emorl.errors import ConfigError, EmorlError
+from emorl.locking import exclusive
 from sweeps import status
 from sweeps import tracking as sweep_tracking
 from sweeps.spec import Plan, Trial
@@ -137,7 +138,7 @@ def check_sources(plan: Plan, trials: list[Trial]) -> dict[str, dict]:
         if not Path(path).exists():
             problems.append(f"{trial.evaluation['source_trial']}: no checkpoint at {path}")
             continue
-        state = ckpt.load(path)
+        state = ckpt.load(path, purpose="evaluate")
         if not state.get("finished"):
             problems.append(f"{trial.evaluation['source_trial']}: {path} is at step {state.get('step')}, not finished")
         configs[path] = state["config"]
@@ -309,8 +310,19 @@ def run_tune(plan: Plan, pending: list[Trial], payloads: dict[str, dict], option
 
 
 # -- the sweep -----------------------------------------------------------------------------------
+def sweep_lock_file(plan: Plan) -> Path:
+    """Beside the sweep folder (which --restart renames): held by the one launch that runs it."""
+    return plan.output_dir.parent / f".{plan.output_dir.name}.lock"
+
+
 def run_sweep(plan: Plan, options: LaunchOptions) -> SweepOutcome:
-    """Run a sweep to the end (or until interrupted); see the module docstring."""
+    """Run a sweep to the end (or until interrupted), as the only launch on its folder; see the
+    module docstring."""
+    with exclusive(sweep_lock_file(plan), f"the sweep folder {plan.output_dir}"):
+        return _run_sweep(plan, options)
+
+
+def _run_sweep(plan: Plan, options: LaunchOptions) -> SweepOutcome:
     from emorl.data.paths import default_data_dir
 
     started = time.time()

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from emorl.errors import EmorlError
-from emorl.tracking import default_artifact_root, ensure_experiment
+from emorl.tracking import browse_command, default_artifact_root, ensure_experiment  # noqa: F401 (re-exported)
 
 ROLE_TAG = "emorl.sweep_role"
 OUTPUT_TAG = "emorl.sweep_output"
@@ -104,8 +104,3 @@ def child_runs(uri: str, parent_run_id: str) -> dict[str, object]:
     return {r.data.tags["emorl.sweep_trial"]: r for r in runs if "emorl.sweep_trial" in r.data.tags}
 
 
-def browse_command(uri: str) -> str:
-    """How to look at the results."""
-    if uri.startswith(("http://", "https://")):
-        return f"open {uri} in a browser"
-    return f"mlflow ui --backend-store-uri {uri}"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,6 +269,33 @@ def _images_per_chunk(size: int, image_bytes: int, most: int) -> int:
     return max(1, min(size, most, _CHUNK_BYTES // image_bytes))
 
 
+def _host() -> str:
+    return socket.gethostname().replace("-", "_").replace(".", "_") or "host"
+
+
+def remove_dead_partials(path: Path) -> list[Path]:
+    """Delete ``path``'s partial files left by writers of this host whose process is gone
+    (killed with SIGKILL, or a lost machine); partial files of live writers, or of other hosts
+    sharing the folder, are left alone. Returns what was removed."""
+    removed = []
+    for partial in path.parent.glob(f"{path.name}.{_host()}-*.partial"):
+        pid = partial.name[len(f"{path.name}.{_host()}-"):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            partial.unlink(missing_ok=True)
+            removed.append(partial)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 class LayoutWriter:
     """Writes a file in the layout, split by split, chunk by chunk.
 
@@ -289,8 +317,11 @@ class LayoutWriter:
         self.path = Path(path)
         # A name of its own per writer: concurrent writers of the same file (e.g. trials on nodes
         # without a shared data folder) never write into one another's file; the rename is atomic.
-        self.partial = self.path.with_name(f"{self.path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
+        # Host and pid in the name: the partial file of a writer that was killed is removed by the next.
+        self.partial = self.path.with_name(
+            f"{self.path.name}.{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        remove_dead_partials(self.path)
         self.h5 = h5py.File(self.partial, "w")
         attributes.write(self.h5)
         height, width = image_hw

@@ -10,6 +10,7 @@ from emorl.errors import ConfigError
 def _train(args: argparse.Namespace) -> int:
     from emorl.config import compose, default_tracking_uri
     from emorl.engine.train import train
+    from emorl.tracking import browse_command
 
     cfg = compose(args.overrides)
     if args.print_config:
@@ -22,7 +23,7 @@ def _train(args: argparse.Namespace) -> int:
     print("final evaluation: " + ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()))
     if cfg.tracking.backend != "none":
         uri = cfg.tracking.uri or default_tracking_uri()
-        print(f"tracked in MLflow ({uri}), run {result.run_id}; browse with:\n  mlflow ui --backend-store-uri {uri}")
+        print(f"tracked in MLflow ({uri}), run {result.run_id}; to look at it: {browse_command(uri)}")
     return 0
 
 

@@ -30,10 +30,10 @@ ACTIVE_THRESHOLD = 0.01  # mean image variance above which a dimension counts as
 
 def load_trained_model(checkpoint_path: str | Path, device: torch.device):
     """(model in eval mode, resolved config dict, checkpoint payload)."""
-    state = ckpt.load(checkpoint_path, map_location=device)
+    state = ckpt.load(checkpoint_path, map_location=device, purpose="evaluate")
     container = state["config"]
     model = build_model(container["model"]).to(device)
-    model.load_state_dict(state["model"])
+    ckpt.load_model_state(model, state["model"], checkpoint_path)
     model.eval()
     return model, container, state
 
@@ -119,6 +119,13 @@ def disentanglement_metrics(model, dataset: MultiObjectDataset, loader, num_slot
     return results, artifacts
 
 
+def results_folder(checkpoint: str | Path) -> Path:
+    """Where an evaluation's files go: ``<run folder>/evaluation`` for a run's
+    ``checkpoints/last.pt``, otherwise an ``evaluation`` folder next to the checkpoint file."""
+    path = Path(checkpoint).resolve()
+    return (path.parent.parent if path.parent.name == "checkpoints" else path.parent) / "evaluation"
+
+
 def run_evaluation(checkpoint: str | Path, refine_steps: list[int] | None = None, num_slots: int | None = None,
                    data: str | None = None, data_path: str | None = None, split: str = "test", num_images: int = 320,
                    batch_size: int = 32, metrics: list[str] = ("ari",), device: str = "auto", new_run: bool = False,
@@ -144,7 +151,7 @@ def run_evaluation(checkpoint: str | Path, refine_steps: list[int] | None = None
                           objective=objective)
         print(format_table(result, f"{Path(checkpoint)}: {set_name} ({result.num_images} images, K={result.num_slots})"))
         logged.update(result.flat_all(f"eval/{set_name}"))
-    out_dir = Path(checkpoint).resolve().parent.parent / "evaluation" / set_name
+    out_dir = results_folder(checkpoint) / set_name
     out_dir.mkdir(parents=True, exist_ok=True)
     artifacts: list[Path] = []
     if "dci" in metrics or "activeness" in metrics:
@@ -174,6 +181,10 @@ def _log(container: dict, state: dict, metrics: dict[str, float], artifacts: lis
     run_id = state.get("tracking_run_id")
     step = int(state.get("step", 0))
     try:
+        if run_id and not new_run and not _run_exists(client, run_id):
+            print(f"note: the trained run {run_id} is not in the tracking store {uri} (the checkpoint was tracked "
+                  "elsewhere); the evaluation is logged to a new run that names it (tag emorl.evaluation_of)")
+            new_run = True
         if new_run or not run_id:
             experiment = ensure_experiment(client, container["tracking"].get("experiment", "emorl"),
                                            default_artifact_root(uri))
@@ -189,6 +200,21 @@ def _log(container: dict, state: dict, metrics: dict[str, float], artifacts: lis
             client.set_terminated(run_id)
         print(f"logged {len(metrics)} metrics to MLflow run {run_id} ({uri})")
     except Exception as error:  # the metrics are on disk; say how to get them tracked
-        raise EmorlError(f"could not log to MLflow at {uri} ({type(error).__name__}: {error}); the metrics are "
-                         f"saved in {artifacts[-1]}; run `emorl evaluate` again when the store is reachable") from error
+        first = str(error).splitlines()[0] if str(error) else ""
+        raise EmorlError(f"could not log to MLflow at {uri} ({type(error).__name__}: {first}); the metrics are "
+                         f"saved in {artifacts[-1]}; check that the store is up (or pass --tracking-uri), then run "
+                         "`emorl evaluate` again, or pass --no-tracking") from None
     sys.stdout.flush()
+
+
+def _run_exists(client, run_id: str) -> bool:
+    """Whether the store holds ``run_id``; a store that cannot be reached raises (said by the caller)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_run(run_id)
+    except MlflowException as error:
+        if getattr(error, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return True

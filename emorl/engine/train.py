@@ -33,14 +33,18 @@ from emorl.engine.precision import precision_warning, set_float32_precision
 from emorl.engine.schedule import learning_rate_factor, refine_steps_at
 from emorl.engine.step import (TrainingStep, compute_gradients, load_optimizer_state, make_optimizer,
                                optimizer_state)
-from emorl.errors import ConfigError, EmorlError, TrainingError
+from emorl.errors import ConfigError, EmorlError, Interrupted, TrainingError
 from emorl.geco import check_target_reachable
 from emorl.geco_rules import build_geco
+from emorl.locking import exclusive
 from emorl.models import build_model
 from emorl.tracking import MLflowTracker, Tracker, default_artifact_root
 
 # Settings that may change when a run is resumed (everything else must match the checkpoint).
-RESUMABLE_CHANGES = ("trainer.", "tracking.", "data.num_workers", "data.path", "data.on_device")
+# optim.lr: to continue a run stopped by a non-finite loss with a lower learning rate (the
+# change is printed and tagged on the run, emorl.resumed_with).
+RESUMABLE_CHANGES = ("trainer.", "tracking.", "data.num_workers", "data.path", "data.on_device", "optim.lr")
+LOCK_FILE = ".emorl.lock"  # in the run folder, held while a process trains it (emorl.locking)
 __all__ = ["Trainer", "TrainingHooks", "TrainResult", "compute_gradients", "train"]
 
 
@@ -116,6 +120,8 @@ class Trainer:
         self.checkpoint_path = self.output_dir / "checkpoints" / "last.pt"
         self.tracker: Tracker = Tracker()
         self.last_eval: dict[str, float] = {}
+        self.saved_step: int | None = None  # the step of the checkpoint on disk
+        self.resumed_with: dict[str, tuple] = {}  # allowed changes on resume: key -> (old, new)
 
     # -- setup -------------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -181,17 +187,21 @@ class Trainer:
             if resume != "auto":
                 raise EmorlError(f"trainer.resume={resume}: no such checkpoint")
             return False
-        state = ckpt.load(path, map_location=self.device)
+        state = ckpt.load(path, map_location=self.device, purpose="resume")
         changed = _changed_keys(state["config"], self.container)
         if changed:
             raise EmorlError(f"cannot resume {path}: the configuration differs in {changed}; "
                              "use the same settings, or another trainer.output_dir for a new run")
-        self.model.load_state_dict(state["model"])
+        old, new = config_module.flatten(state["config"]), config_module.flatten(self.container)
+        self.resumed_with = {k: (old.get(k), new[k]) for k in ("optim.lr",) if old.get(k) != new.get(k)}
+        for key, (before, after) in self.resumed_with.items():
+            print(f"emorl: resuming with {key}={after} (the run so far used {before})", file=sys.stderr)
+        ckpt.load_model_state(self.model, state["model"], path)
         load_optimizer_state(self.optimizer, state["optimizer"])
         if self.geco is not None:
             self.geco.load_state_dict(state["geco"])
         ckpt.set_rng_state(state["rng"])
-        self.step = int(state["step"])
+        self.step = self.saved_step = int(state["step"])
         self.last_eval = dict(state.get("last_eval", {}))
         print(f"emorl: resuming {self.output_dir} from step {self.step}", file=sys.stderr)
         return bool(state.get("finished")) and self.step >= self.cfg.trainer.max_steps
@@ -255,9 +265,11 @@ class Trainer:
         terms = ", ".join(f"{k}={v:.6g}" for k, v in sorted(scalars.items()))
         kept = (f"the last good checkpoint {self.checkpoint_path} is kept" if self.checkpoint_path.exists()
                 else "no checkpoint had been written yet")
+        lower = f"optim.lr={self.cfg.optim.lr / 2:g}"
         message = (f"non-finite loss or gradient at training step {step}: {terms}. Training stopped; {kept}. "
-                   "Lower optim.lr or check the data, then run again (trainer.resume=auto continues from the "
-                   "checkpoint).")
+                   "Resuming is exact, so the same command would stop here again: run it again with a lower "
+                   f"learning rate added (e.g. {lower}; allowed on resume, it continues from the checkpoint with "
+                   "it), or check the data.")
         self.tracker.set_tags({"emorl.failure": message[:5000]})
         raise TrainingError(message)
 
@@ -291,11 +303,24 @@ class Trainer:
             "last_eval": self.last_eval, "finished": finished, "tracking_run_id": self.tracker.run_id,
         }
         path = ckpt.save(self.checkpoint_path, payload)
+        self.saved_step = self.step
         self.hooks.on_checkpoint(self.step, path, dict(self.last_eval))
         return path
 
     # -- the run -------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        """Train (holding the run folder's lock: one process per run folder)."""
+        with exclusive(self.output_dir / LOCK_FILE, f"the run folder {self.output_dir}"):
+            return self._run()
+
+    def _interrupted(self) -> Interrupted:
+        kept = (f"the checkpoint of step {self.saved_step} is kept in {self.checkpoint_path}"
+                if self.saved_step is not None else "no checkpoint had been written yet")
+        again = "continue from it (trainer.resume=auto)" if self.saved_step is not None else "start it"
+        return Interrupted(f"interrupted at step {self.step} of {self.cfg.trainer.max_steps}; {kept}. Run the same "
+                           f"command again to {again}.")
+
+    def _run(self) -> TrainResult:
         self._build()
         finished = self._restore()
         if finished:
@@ -304,6 +329,9 @@ class Trainer:
             return TrainResult(self.output_dir, self.step, self.last_eval, self.checkpoint_path,
                                self.tracker.run_id or ckpt.load(self.checkpoint_path).get("tracking_run_id"))
         self._start_tracking()
+        if self.resumed_with:
+            self.tracker.set_tags({"emorl.resumed_with": "; ".join(
+                f"{k}: {a} -> {b} at step {self.step}" for k, (a, b) in self.resumed_with.items())})
         trainer = self.cfg.trainer
         data = self.cfg.data
         if use_device_batches(data.on_device, self.train_set, self.device):
@@ -358,7 +386,7 @@ class Trainer:
             self.tracker.finish("FINISHED")
         except KeyboardInterrupt:
             self.tracker.finish("KILLED")
-            raise
+            raise self._interrupted() from None
         except Exception:
             self.tracker.finish("FAILED")
             raise

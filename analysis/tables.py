@@ -277,7 +277,7 @@ def _add_comparisons(spec: TableSpec, lines: pd.DataFrame) -> None:
                 _comparison_values(published, "paper_").values())
         reference, why = _reference_line(line, same[(same["runs"] == line["runs"]) & (same["n"] > 0)])
         if line["n"] == 0:
-            why = "no runs of this variant"
+            reference, why = None, "no runs of this variant"
         if reference is None:
             lines.loc[index, "comparison_note"] = why
             continue
@@ -370,6 +370,7 @@ def comparison_frame(spec: TableSpec, lines: pd.DataFrame) -> pd.DataFrame:
             paper += (f" {format_interval(line['paper_welch_low'], line['paper_welch_high'], places)}, "
                       f"p {_p_text(line['paper_p_value'])}")
         out.append({"Model": _label(line), "Dataset": line["dataset"], "Metric": line["unit"],
+                    "full model": line["reference"] or spec.reference,
                     "Δ paper [Welch 95% CI]": paper, "Δ ours": _signed(line["difference"], places),
                     "Welch 95% CI": format_interval(line["welch_low"], line["welch_high"], places),
                     "bootstrap 95% CI": format_interval(line["bootstrap_low"], line["bootstrap_high"], places),
@@ -379,11 +380,13 @@ def comparison_frame(spec: TableSpec, lines: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _listing(part: pd.DataFrame, with_difference: bool = False) -> str:
-    """``Row (Dataset): ARI +1.2, MSE ...; Row ...`` for the caption."""
+def _listing(part: pd.DataFrame, decimals: dict[str, int] | None = None) -> str:
+    """``Row (Dataset): ARI (%) +1.2, MSE ...; Row ...`` for the caption (with the differences when
+    ``decimals`` gives each metric's decimal places)."""
     texts = []
     for (label, dataset), found in part.groupby([part.apply(_label, axis=1), part["dataset"]], sort=False):
-        metrics = [m + (f" {d:+.3g}" if with_difference else "") for m, d in zip(found["unit"], found["difference"])]
+        metrics = [line["unit"] + (f" {_signed(line['difference'], decimals[line['metric']])}" if decimals else "")
+                   for _, line in found.iterrows()]
         texts.append(f"{label} ({dataset}): {', '.join(metrics)}")
     return "; ".join(texts)
 
@@ -402,13 +405,14 @@ def comparison_caption(spec: TableSpec, lines: pd.DataFrame, alpha: float = 0.05
             f"variances) and from a percentile bootstrap over seeds ({BOOTSTRAP_RESAMPLES} resamples, random seed "
             f"{BOOTSTRAP_SEED}; too narrow with few seeds). p: Welch's two-sided p-value, Holm-corrected over the "
             f"comparisons of this table that have one: m = {families}."]
+    decimals = {m.paper_name: m.decimals for m in spec.metrics}
     significant = tested[tested["p_holm"] <= alpha]
     plain = tested[tested["p_holm"] > alpha]
-    text.append(f"Significant at {alpha:g} after Holm: {_listing(significant, True)}." if len(significant) else
+    text.append(f"Significant at {alpha:g} after Holm: {_listing(significant, decimals)}." if len(significant) else
                 f"No difference is significant at {alpha:g} after Holm.")
     if len(plain):
         text.append(f"Not significant at {alpha:g} after Holm (no evidence of a difference, which is not evidence "
-                    f"of none): {_listing(plain, True)}.")
+                    f"of none): {_listing(plain, decimals)}.")
     few = compared[compared["p_holm"].isna() & (compared["n"] > 0) & (compared["n_reference"] > 0)]
     if len(few):
         text.append(f"No test, too few seeds or no spread (n < 2 on a side): {_listing(few)}.")

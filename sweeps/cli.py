@@ -42,7 +42,14 @@ def register(subparsers) -> None:
     parser.__class__ = _OverridesAnywhere  # subparsers build plain ArgumentParsers
     parser.add_argument("spec", help=f"a shipped spec ({', '.join(shipped_specs())}) or the path of a YAML spec")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every trial, e.g. trainer.max_steps=1000")
-    parser.add_argument("--dry-run", action="store_true", help="print the trials (and their state) and stop")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the trials (and their state) and the cost estimate from recorded step times, "
+                             "then stop")
+    parser.add_argument("--cost-from", metavar="MACHINE",
+                        help="--dry-run: estimate from the step times recorded on a machine whose description holds "
+                             "this text (e.g. H200; see <output root>/bench/step-times.json); default: this machine")
+    parser.add_argument("--cost-slots", type=int, metavar="N",
+                        help="--dry-run: trials at once for the wall time (default: max_concurrent, or what fits here)")
     parser.add_argument("--address", help="join this Ray cluster (host:port, or auto); default: start Ray here")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", dest="restart", action="store_false",
@@ -89,6 +96,9 @@ def _sweep(args: argparse.Namespace) -> int:
                   source_output=args.source_output, only=only)
     print(format_plan(plan))
     if args.dry_run:
+        from sweeps.cost import estimate_text
+
+        print(estimate_text(plan, args.cost_from, args.cost_slots, args.num_cpus))
         return 0
     storage = args.storage
     if storage and "://" not in storage:

@@ -191,7 +191,7 @@ def concurrency(spec: SweepSpec, slots: int | None = None, cpus: int | None = No
     """How many trials run at once: ``slots`` if given, else the spec's max_concurrent, else what fits
     this machine (``cpus`` CPUs, or all); with a note of where the number comes from."""
     if slots:
-        return slots, "as given (--cost-slots)"
+        return slots, "as given"
     if spec.max_concurrent:
         return spec.max_concurrent, "max_concurrent"
     cpus = cpus or os.cpu_count() or 1
@@ -203,13 +203,18 @@ def concurrency(spec: SweepSpec, slots: int | None = None, cpus: int | None = No
         gpus = torch.cuda.device_count()
         note += f" and {gpus or 1} GPU{'s' if gpus > 1 else ''}" + ("" if gpus else " (assumed: none here)")
         fit = min(fit, int((gpus or 1) // spec.resources.gpus)) if gpus else int(1 // spec.resources.gpus)
-    return max(1, fit), note + "; --cost-slots N to choose"
+    return max(1, fit), note
 
 
 def hours(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h" if seconds < 48 * 3600 else f"{seconds / 86400:.1f} days"
+
+
+def choose_hint(note: str, flag: str) -> str:
+    """Where the number of trials at once was a guess from this machine: how to choose it."""
+    return f"; {flag} N to choose" if note.startswith("what fits") else ""
 
 
 def _group(trial: Trial) -> str:
@@ -256,7 +261,7 @@ def format_cost(plan: Plan, costs: list[TrialCost], slots: int, slots_note: str)
         wall = max(finish_times([c.total_s for c in known], slots))
         left = [r for r in remaining if r > 0]
         lines.append(f"  total of {len(known)} trials: {total / 3600:.1f} trial-hours = {device_hours}; wall time "
-                     f"{hours(wall)} at {slots} at once ({slots_note})")
+                     f"{hours(wall)} at {slots} at once ({slots_note}{choose_hint(slots_note, '--cost-slots')})")
         if len(left) < len(known) or sum(remaining) < total:
             wall_left = max(finish_times(left, slots), default=0.0)
             lines.append(f"  still to run (from the trials' recorded steps): {sum(remaining) / 3600:.1f} trial-hours, "

@@ -74,7 +74,7 @@ def test_gpu_sweep_from_another_machines_records(tmp_path):
     write_status(plan.trials[0].output_dir, state="running", step=25000)
     write_status(plan.trials[1].output_dir, state="finished", step=50000)
     text = estimate_text(plan, cost_from="H200", slots=30, records_path=path)
-    assert "wall time 41.7 min at 30 at once (as given (--cost-slots))" in text
+    assert "wall time 41.7 min at 30 at once (as given)" in text
     assert f"still to run (from the trials' recorded steps): {(28 * 2500 + 1250) / 3600:.1f} trial-hours" in text
 
 

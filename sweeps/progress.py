@@ -12,7 +12,8 @@ them (evaluations and checkpoints included, so it is the speed the ETA needs). W
 started over the time until ``status.json`` was last written (at each checkpoint).
 
 **ETA** (:func:`estimate`, a pure function of the trials and a clock, so tests use a fake clock).
-A trial that logged within :func:`stale_after` seconds is *running*: it needs its remaining steps at
+A trial that logged within :func:`stale_after` seconds, and whose process (when it ran on this
+host) is still alive, is *running*: it needs its remaining steps at
 its speed, less the time since its last point. Any other unfinished trial is *waiting* (not
 started, interrupted, or failed and to be retried) and needs its remaining steps at its own last
 speed, or else at the median speed of the trials of its group (every id part but the seed), or of
@@ -24,6 +25,7 @@ is running, the sweep ETA says when it would end if resumed now.
 from __future__ import annotations
 
 import json
+import socket
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -59,6 +61,7 @@ class TrialProgress:
     points: list[Point] = field(default_factory=list)  # of the current attempt, oldest first
     logged_rate: float | None = None  # train/steps_per_sec of the last log
     detail: str = ""
+    alive: bool | None = None  # whether its process still runs (None: not known, e.g. on another node)
 
     @property
     def group(self) -> str:
@@ -110,7 +113,8 @@ def estimate(trials: list[TrialProgress], concurrency: int, clock: Callable[[], 
             etas.append(TrialEta(trial, "finished", rate, 0.0, None))
             continue
         last = trial.points[-1].time if trial.points else None
-        running = last is not None and now - last <= stale_after(trial.points) and trial.state != "failed"
+        running = (last is not None and now - last <= stale_after(trial.points) and trial.state != "failed"
+                   and trial.alive is not False)
         etas.append(TrialEta(trial, "running" if running else ("failed" if trial.state == "failed" else "waiting"),
                              rate))
     known = [t.steps_per_sec for t in etas if t.steps_per_sec]
@@ -168,6 +172,15 @@ def read_points(trial_dir: Path) -> tuple[list[Point], float | None]:
         return [Point(int(first.get("start_step") or 0), float(first["time"])),
                 Point(int(state.get("step") or 0), float(state["updated"]))], None
     return [], None
+
+
+def process_alive(trial_dir: Path) -> bool | None:
+    """Whether the process of the trial's last attempt still runs, when it ran on this host (None:
+    another host, or not recorded). Only asks the system; sends no signal."""
+    attempts = status.read_attempts(trial_dir)
+    if not attempts or attempts[-1].get("host") != socket.gethostname() or not attempts[-1].get("pid"):
+        return None
+    return Path(f"/proc/{int(attempts[-1]['pid'])}").exists() if Path("/proc/self").exists() else None
 
 
 def find_sweep_folder(name: str, output: str | None = None) -> Path:
@@ -232,7 +245,8 @@ def sweep_progress(folder: Path) -> tuple[dict, list[TrialProgress], object]:
             kind = "partial" if kind == "running" else kind
         points, logged = read_points(trial_dir)
         step = max([int(status.read_status(trial_dir).get("step") or 0), *(p.step for p in points)])
-        trials.append(TrialProgress(trial_id, kind, step, max_steps, points, logged, detail))
+        trials.append(TrialProgress(trial_id, kind, step, max_steps, points, logged, detail,
+                                    process_alive(trial_dir) if kind in ("partial", "new") else None))
     return state, trials, spec
 
 

@@ -243,6 +243,8 @@ def table_lines(spec: TableSpec, runs: pd.DataFrame, paper: pd.DataFrame | None 
 
 def _reference_line(line: pd.Series, candidates: pd.DataFrame) -> tuple[pd.Series | None, str]:
     """The reference row's line this line is compared with, or None and why."""
+    if candidates.empty:
+        return None, "no runs of the full model"
     if len(candidates) > 1:
         candidates = candidates[candidates["sweep"] == line["sweep"]]
     if len(candidates) > 1:
@@ -275,7 +277,9 @@ def _add_comparisons(spec: TableSpec, lines: pd.DataFrame) -> None:
                                              paper_reference["paper_n"])
             lines.loc[index, list(_comparison_values(published, "paper_"))] = list(
                 _comparison_values(published, "paper_").values())
-        reference, why = _reference_line(line, same[(same["runs"] == line["runs"]) & (same["n"] > 0)])
+        # "without flagged" lines exist only for groups with flagged runs: otherwise all runs are the same set
+        subset = (same["runs"] == line["runs"]) | ((same["runs"] == ALL_RUNS) & (same["n_flagged"] == 0))
+        reference, why = _reference_line(line, same[subset & (same["n"] > 0)])
         if line["n"] == 0:
             reference, why = None, "no runs of this variant"
         if reference is None:

@@ -159,8 +159,8 @@ def trial_costs(plan: Plan, data: dict, cost_from: str | None = None) -> list[Tr
         done = int(status.read_status(trial.output_dir).get("step") or 0)
         setting, differs, why = bench_setting(config)
         cost = TrialCost(trial, device, threads, setting, bench_mode(config["trainer"], device),
-                         int(config["data"]["batch_size"]), stretches(config), stretches(config, min(done, trial.max_steps)),
-                         approximate=differs, why=why)
+                         int(config["data"]["batch_size"]), stretches(config),
+                         stretches(config, min(done, trial.max_steps)), approximate=differs, why=why)
         if not why:
             machines, cost.no_machine = _machines(data, device, threads, cost_from)
             cost.machine, entry = machines[0] if machines else ("", {"steps": {}})

@@ -149,8 +149,10 @@ def test_table2_caption_says_what_is_significant(table2):
     assert ari_p > 0.05 and mse_p <= 0.05  # the data were made so: ARI varies too much, MSE does not
     assert "m = 3 (all runs)" in caption
     # MSE x 1e4: 55 - 7 = +48.0; KL: 45.33 - 99.5 = -54.2; ARI: 78.33 - 97.5 = -19.2 (percent)
-    assert "Significant at 0.05 after Holm: EfficientMORL w/ GECO (Tetrominoes): MSE (x1e-4) +48.0, KL -54.2." in caption
-    assert "Not significant at 0.05 after Holm" in caption and "EfficientMORL w/ GECO (Tetrominoes): ARI (%) -19.2" in caption
+    assert ("Significant at 0.05 after Holm: EfficientMORL w/ GECO (Tetrominoes): MSE (x1e-4) +48.0, KL -54.2."
+            in caption)
+    assert "Not significant at 0.05 after Holm" in caption
+    assert "EfficientMORL w/ GECO (Tetrominoes): ARI (%) -19.2" in caption
     assert "too few seeds or no spread (n < 2 on a side): EfficientMORL w/ reversed prior (Tetrominoes): ARI (%), " \
            "MSE (x1e-4), KL." in caption
     assert "No runs to compare (this variant or the full model): EfficientMORL w/out DualGRU (CLEVR6)" in caption
@@ -166,17 +168,29 @@ def test_table2_caption_says_what_is_significant(table2):
 
 
 def test_table3_compares_slot_attention_with_efficientmorl():
-    def run(model, seed, value):
+    def run(model, seed, value, status="FINISHED"):
         return {"run_id": f"{model}{seed}", "experiment": "clevr6", "variant": "default", "model": model,
-                "dataset": "clevr6", "sweep": "t3", "setting": model, "seed": seed, "status": "FINISHED",
+                "dataset": "clevr6", "sweep": "t3", "setting": model, "seed": seed, "status": status,
                 "dci/clevr6/disentanglement": value, "dci/clevr6/completeness": value,
                 "dci/clevr6/informativeness": value}
 
     runs = [run("efficient_morl", s, v) for s, v in enumerate([0.60, 0.62, 0.64])]
     runs += [run("slot_attention", s, v) for s, v in enumerate([0.40, 0.45])]
+    runs.append(run("slot_attention", 2, 0.10, status="FAILED"))  # flagged
     lines = table_lines(TABLE3, flag_runs(pd.DataFrame(runs)))
-    found = lines[(lines["row"] == "Slot Attention") & (lines["metric"] == "DCI_disentanglement")].iloc[0]
-    expected = stats.ttest_ind([0.40, 0.45], [0.60, 0.62, 0.64], equal_var=False)
-    assert found["difference"] == pytest.approx(0.425 - 0.62) and found["p_value"] == pytest.approx(expected.pvalue)
-    assert found["p_holm"] == pytest.approx(min(1.0, 3 * expected.pvalue))  # three equal p-values
-    assert found["paper_difference"] == pytest.approx(0.46 - 0.63)
+    slot = lines[(lines["row"] == "Slot Attention") & (lines["metric"] == "DCI_disentanglement")].set_index("runs")
+    every = stats.ttest_ind([0.40, 0.45, 0.10], [0.60, 0.62, 0.64], equal_var=False)
+    assert slot.loc["all", "difference"] == pytest.approx(0.95 / 3 - 0.62)
+    assert slot.loc["all", "p_value"] == pytest.approx(every.pvalue)
+    # Without the flagged run, against the EfficientMORL runs (none flagged: its "all" line is the same set).
+    kept = stats.ttest_ind([0.40, 0.45], [0.60, 0.62, 0.64], equal_var=False)
+    assert slot.loc["without flagged", "difference"] == pytest.approx(0.425 - 0.62)
+    assert slot.loc["without flagged", "p_value"] == pytest.approx(kept.pvalue)
+    assert slot.loc["without flagged", "n_reference"] == 3
+    # Holm within each subset: three metrics with equal p-values each.
+    assert slot.loc["without flagged", "p_holm"] == pytest.approx(min(1.0, 3 * kept.pvalue))
+    assert slot.loc["all", "p_holm"] == pytest.approx(min(1.0, 3 * every.pvalue))
+    assert slot.loc["all", "paper_difference"] == pytest.approx(0.46 - 0.63)
+    caption = comparison_caption(TABLE3, lines)
+    assert "m = 3 (all runs), 3 (without flagged runs)" in caption
+    assert "Slot Attention (without flagged runs) (CLEVR6)" in caption

@@ -12,8 +12,8 @@ them (evaluations and checkpoints included, so it is the speed the ETA needs). W
 started over the time until ``status.json`` was last written (at each checkpoint).
 
 **ETA** (:func:`estimate`, a pure function of the trials and a clock, so tests use a fake clock).
-A trial that logged within :func:`stale_after` seconds, and whose process (when it ran on this
-host) is still alive, is *running*: it needs its remaining steps at
+A trial that logged within :func:`stale_after` seconds, or whose process runs on this host (a
+trial starting up), is *running*, unless its process on this host is gone: it needs its remaining steps at
 its speed, less the time since its last point. Any other unfinished trial is *waiting* (not
 started, interrupted, or failed and to be retried) and needs its remaining steps at its own last
 speed, or else at the median speed of the trials of its group (every id part but the seed), or of
@@ -112,9 +112,7 @@ def estimate(trials: list[TrialProgress], concurrency: int, clock: Callable[[], 
         if trial.state == "finished":
             etas.append(TrialEta(trial, "finished", rate, 0.0, None))
             continue
-        last = trial.points[-1].time if trial.points else None
-        running = (last is not None and now - last <= stale_after(trial.points) and trial.state != "failed"
-                   and trial.alive is not False)
+        running = trial.state != "failed" and trial.alive is not False and (_recent(trial, now) or trial.alive is True)
         etas.append(TrialEta(trial, "running" if running else ("failed" if trial.state == "failed" else "waiting"),
                              rate))
     known = [t.steps_per_sec for t in etas if t.steps_per_sec]
@@ -125,7 +123,7 @@ def estimate(trials: list[TrialProgress], concurrency: int, clock: Callable[[], 
                                              and t.progress.group == eta.progress.group]) or _median(known)
         if rate:
             left = max(0, eta.progress.max_steps - eta.progress.step) / rate
-            if eta.state == "running":
+            if eta.state == "running" and _recent(eta.progress, now):
                 left = max(0.0, left - (now - eta.progress.points[-1].time))
             eta.remaining_s = left
     running = [t for t in etas if t.state == "running"]
@@ -141,6 +139,11 @@ def estimate(trials: list[TrialProgress], concurrency: int, clock: Callable[[], 
             eta.ends_at = now + end
     sweep_end = max([now, *(t.ends_at for t in etas if t.ends_at is not None)]) if ends_known else None
     return SweepEta(now, slots, etas, sweep_end, bool(running))
+
+
+def _recent(trial: TrialProgress, now: float) -> bool:
+    """Whether the trial logged within :func:`stale_after` seconds of ``now``."""
+    return bool(trial.points) and now - trial.points[-1].time <= stale_after(trial.points)
 
 
 def _median(values: list[float]) -> float | None:
@@ -279,7 +282,7 @@ def format_status(name: str, folder: Path, eta: SweepEta, note: str) -> str:
         unknown = sum(1 for t in unfinished if t.remaining_s is None)
         lines.append(f"sweep ETA: unknown ({unknown} unfinished trials without a measured speed or step target)")
     else:
-        resumed = "" if eta.running else "no trial is running now (interrupted?); if resumed now, "
+        resumed = "" if eta.running else "no trial is running now (interrupted, or between trials); if resumed now, "
         lines.append(f"sweep ETA: {resumed}{_when(eta.ends_at, eta.now)}, with {eta.concurrency} trials at once and "
                      "waiting trials as fast as the measured ones")
     return "\n".join(lines)

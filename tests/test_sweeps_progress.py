@@ -63,6 +63,19 @@ def test_eta_with_a_fake_clock():
     assert estimate(trials, 1, FakeClock(T0 + 3600)).ends_at == pytest.approx(T0 + 3600 + 400)
 
 
+def test_a_trials_process_decides_when_it_is_known():
+    """Starting up (alive, nothing logged yet): running, at the speed of its group; gone although it
+    logged a moment ago (killed): waiting."""
+    starting = trial("x/a/seed1", state="new")
+    starting.alive = True
+    killed = trial("x/a/seed0", step=500, points=[(400, T0 - 40), (500, T0 - 20)])
+    killed.alive = False
+    eta = estimate([killed, starting], 2, FakeClock(T0))
+    assert [t.state for t in eta.trials] == ["waiting", "running"]
+    assert eta.trials[1].remaining_s == pytest.approx(200.0)  # 1000 steps at a's 5 steps/s
+    assert eta.trials[0].remaining_s == pytest.approx(100.0)  # 500 steps at 5 steps/s, from its next start
+
+
 def test_eta_unknown_without_any_speed_and_failed_trials_wait():
     eta = estimate([trial("a/x/seed0", state="new"), trial("a/x/seed1", state="failed", step=300)], 2, FakeClock(T0))
     assert eta.ends_at is None and [t.state for t in eta.trials] == ["waiting", "failed"]

@@ -267,7 +267,7 @@ def format_cost(plan: Plan, costs: list[TrialCost], slots: int, slots_note: str)
             lines.append(f"  still to run (from the trials' recorded steps): {sum(remaining) / 3600:.1f} trial-hours, "
                          f"wall time {hours(wall_left)}")
     if unknown:
-        lines.append(f"  {unknown} of {len(costs)} trials have no estimate" + (" (not in the totals)" if known else ""))
+        lines.append(f"  no estimate for {unknown} of {len(costs)} trials" + (" (not in the totals)" if known else ""))
     commands = sorted({c.bench_command() for c in costs if c.missing})
     if commands:
         lines.append("  record the missing step times on the machine that will run the sweep with:")

@@ -60,7 +60,7 @@ def test_gpu_sweep_from_another_machines_records(tmp_path):
     missing = estimate_text(plan, cost_from="H200", records_path=path)
     assert "no cuda records on a machine matching 'H200'" in missing
     assert "emorl bench step --settings clevr6:3 --modes graph --batch-size 32 --device cuda" in missing
-    assert "30 of 30 trials have no estimate" in missing
+    assert "no estimate for 30 of 30 trials" in missing
     records.record([row("clevr6", 32, 3, "graph", 0.05), row("clevr6", 4, 3, "graph", 0.01)], H200, path)
     text = estimate_text(plan, cost_from="H200", records_path=path)
     # 50000 x 0.05 s = 2500 s = 41.7 min per trial; 30 trials = 20.8 trial-hours, 1 GPU and 4 CPUs each;

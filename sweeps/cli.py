@@ -103,7 +103,7 @@ def _sweep(args: argparse.Namespace) -> int:
         return _status(args)
     spec = load_spec(args.spec)
     for flag, value, minimum in (("--max-concurrent", args.max_concurrent, 1), ("--max-failures", args.max_failures, 0),
-                                 ("--num-cpus", args.num_cpus, 1)):
+                                 ("--num-cpus", args.num_cpus, 1), ("--cost-slots", args.cost_slots, 1)):
         if value is not None and value < minimum:
             raise ConfigError(f"{flag}={value} must be >= {minimum}")
     resources = None

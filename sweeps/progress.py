@@ -112,7 +112,8 @@ def estimate(trials: list[TrialProgress], concurrency: int, clock: Callable[[], 
         if trial.state == "finished":
             etas.append(TrialEta(trial, "finished", rate, 0.0, None))
             continue
-        running = trial.state != "failed" and trial.alive is not False and (_recent(trial, now) or trial.alive is True)
+        running = (trial.state != "failed" and trial.alive is not False
+                   and (_recent(trial, now) or trial.alive is True))
         etas.append(TrialEta(trial, "running" if running else ("failed" if trial.state == "failed" else "waiting"),
                              rate))
     known = [t.steps_per_sec for t in etas if t.steps_per_sec]
@@ -246,8 +247,11 @@ def sweep_progress(folder: Path) -> tuple[dict, list[TrialProgress], object]:
             written = status.read_status(trial_dir)
             kind, detail = written.get("state") or "new", written.get("reason", "")
             kind = "partial" if kind == "running" else kind
+        written = status.read_status(trial_dir)
+        if kind == "failed" and len(status.read_attempts(trial_dir)) > int(written.get("attempt") or 0):
+            kind = "partial"  # failed, and started again since (a retry)
         points, logged = read_points(trial_dir)
-        step = max([int(status.read_status(trial_dir).get("step") or 0), *(p.step for p in points)])
+        step = max([int(written.get("step") or 0), *(p.step for p in points)])
         trials.append(TrialProgress(trial_id, kind, step, max_steps, points, logged, detail,
                                     process_alive(trial_dir) if kind in ("partial", "new") else None))
     return state, trials, spec

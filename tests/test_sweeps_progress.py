@@ -138,7 +138,8 @@ def sweep_folder(tmp_path):
     _spool(running, ["start", (100, T0 - 200, 1.0), (200, T0 - 150, 2.0), (300, T0 - 100, 2.0), (400, T0 - 50, 2.0)])
     (running / "config.yaml").write_text("trainer:\n  max_steps: 2000\n")  # the trial's own config decides
     write_status(running, state="running", step=400)
-    write_status(folder / ids[2], state="failed", reason="RuntimeError: boom")
+    record_attempt(folder / ids[2], pid=0, host="elsewhere", start_step=0)
+    write_status(folder / ids[2], state="failed", reason="RuntimeError: boom", attempt=1)
     return tmp_path, spec, folder
 
 
@@ -164,6 +165,10 @@ def test_status_of_a_sweep_folder(sweep_folder):
     assert text.splitlines()[-1].startswith("sweep ETA: 25.0 min (")
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == before  # read-only
     assert not any(p.name.endswith((".tmp", ".lock")) for p in folder.rglob("*"))
+    # A retry of the failed trial has started since: no longer failed, waiting until it logs.
+    record_attempt(folder / "smoke/b/seed0", pid=0, host="elsewhere", start_step=0)
+    retried = {t.id: t.state for t in sweep_progress(folder)[1]}
+    assert retried["smoke/b/seed0"] == "partial"
 
 
 def test_status_command_finds_the_folder(sweep_folder, monkeypatch, capsys):

@@ -21,11 +21,28 @@ Every statistic is reported twice (column ``runs``): over ``all`` runs with a fi
 ``without flagged`` runs, as the paper's Table 1 does for its failed Slot Attention run (93.3
 with it, 98.3 without). That run scored about 73 (5 * 93.3 - 4 * 98.3), so the default threshold
 would not flag it; pass a higher ``collapse_ari`` to treat such runs as failed.
+
+**Differences to a reference** (:func:`compare`, for the ablation tables): the difference of
+means, variant minus reference, over the seeds of each side, with
+
+- Welch's t test (unequal variances): the 95% interval of the difference and the two-sided
+  p-value (``scipy.stats.ttest_ind(equal_var=False)``); :func:`welch_from_summaries` does the same
+  from published means, stds and n (the paper's numbers);
+- a percentile bootstrap interval of the difference: each side's seeds resampled with
+  replacement, independently, :data:`BOOTSTRAP_RESAMPLES` times, from a fixed random seed (the
+  same runs give the same interval). With few seeds it is too narrow (a resample can only reuse
+  the n values seen); read it beside Welch's, not instead of it;
+- :func:`holm`: Holm's step-down correction of the p-values of one family of comparisons (one
+  table), so that the chance of any false "significant" in the family stays at most 0.05.
+
+A side with fewer than 2 finite values (or both sides without any spread) gives no interval and
+no p-value, and the comparison says why; it is left out of the Holm family.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +55,8 @@ GROUP_KEYS = ("experiment", "variant", "model", "dataset", "sweep", "setting")
 ARI_KEY = "test/fg_ari"
 COLLAPSE_ARI = 0.5
 CONFIDENCE = 0.95
+BOOTSTRAP_RESAMPLES = 9999
+BOOTSTRAP_SEED = 0
 ALL_RUNS = "all"
 WITHOUT_FLAGGED = "without flagged"
 
@@ -53,10 +72,15 @@ class Summary:
     ci_high: float
 
 
+def finite_values(values) -> np.ndarray:
+    """The finite numbers among ``values`` (anything else, None, NaN or inf, is left out)."""
+    array = pd.to_numeric(pd.Series(values), errors="coerce").astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+    return array[np.isfinite(array)]
+
+
 def summarize(values) -> Summary:
     """Statistics of the finite values among ``values`` (see the module docstring)."""
-    array = pd.to_numeric(pd.Series(values), errors="coerce").astype("Float64").to_numpy(dtype=float, na_value=np.nan)
-    array = array[np.isfinite(array)]
+    array = finite_values(values)
     n = len(array)
     if n == 0:
         return Summary(math.nan, math.nan, 0, math.nan, math.nan)
@@ -72,6 +96,89 @@ def t_interval(values) -> tuple[float, float]:
     """(low, high) of the 95% Student-t interval of the mean (for seaborn's ``errorbar``)."""
     summary = summarize(values)
     return summary.ci_low, summary.ci_high
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Variant minus reference: the difference of means, Welch's 95% interval and two-sided p-value,
+    the percentile-bootstrap 95% interval, and n on each side. ``reason`` says why there is no
+    interval (empty when there is one)."""
+
+    difference: float
+    n_variant: int
+    n_reference: int
+    welch_low: float = math.nan
+    welch_high: float = math.nan
+    p_value: float = math.nan
+    bootstrap_low: float = math.nan
+    bootstrap_high: float = math.nan
+    reason: str = ""
+
+
+def _untestable(n_variant: int, n_reference: int, spread: bool) -> str:
+    if n_variant < 2 or n_reference < 2:
+        return f"n = {n_variant} vs {n_reference}: an interval needs at least 2 seeds on each side"
+    return "" if spread else "no spread: every seed on both sides gave the same value"
+
+
+def _mean_difference(variant, reference, axis=-1):
+    return np.mean(variant, axis=axis) - np.mean(reference, axis=axis)
+
+
+def compare(variant, reference, confidence: float = CONFIDENCE, resamples: int = BOOTSTRAP_RESAMPLES,
+            seed: int = BOOTSTRAP_SEED) -> Comparison:
+    """The difference of the finite values of ``variant`` and ``reference`` (see the module docstring)."""
+    a, b = finite_values(variant), finite_values(reference)
+    difference = float(a.mean() - b.mean()) if len(a) and len(b) else math.nan
+    spread = len(a) > 1 and len(b) > 1 and (a.std(ddof=1) > 0 or b.std(ddof=1) > 0)
+    reason = _untestable(len(a), len(b), spread)
+    if reason:
+        return Comparison(difference, len(a), len(b), reason=reason)
+    with warnings.catch_warnings():  # one side without spread: scipy warns of precision loss, the result holds
+        warnings.simplefilter("ignore", RuntimeWarning)
+        welch = stats.ttest_ind(a, b, equal_var=False)
+        interval = welch.confidence_interval(confidence)
+        boot = stats.bootstrap((a, b), _mean_difference, n_resamples=resamples, confidence_level=confidence,
+                               method="percentile", vectorized=True, rng=np.random.default_rng(seed))
+    return Comparison(difference, len(a), len(b), float(interval.low), float(interval.high), float(welch.pvalue),
+                      float(boot.confidence_interval.low), float(boot.confidence_interval.high))
+
+
+def welch_from_summaries(mean_variant: float, std_variant: float, n_variant, mean_reference: float,
+                         std_reference: float, n_reference, confidence: float = CONFIDENCE) -> Comparison:
+    """Welch's comparison from published summaries (mean, std with ddof = 1, n); no bootstrap (no seeds)."""
+    numbers = (mean_variant, std_variant, n_variant, mean_reference, std_reference, n_reference)
+    if any(v is None or pd.isna(v) for v in numbers):
+        n_a = 0 if pd.isna(n_variant) else int(n_variant)
+        n_b = 0 if pd.isna(n_reference) else int(n_reference)
+        return Comparison(float(mean_variant - mean_reference), n_a, n_b, reason="mean, std or n not published")
+    n_a, n_b = int(n_variant), int(n_reference)
+    difference = float(mean_variant - mean_reference)
+    reason = _untestable(n_a, n_b, std_variant > 0 or std_reference > 0)
+    if reason:
+        return Comparison(difference, n_a, n_b, reason=reason)
+    result = stats.ttest_ind_from_stats(mean_variant, std_variant, n_a, mean_reference, std_reference, n_b,
+                                        equal_var=False)
+    va, vb = std_variant ** 2 / n_a, std_reference ** 2 / n_b
+    df = (va + vb) ** 2 / (va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1))  # Welch-Satterthwaite
+    half = float(stats.t.ppf(0.5 + confidence / 2, df)) * math.sqrt(va + vb)
+    return Comparison(difference, n_a, n_b, difference - half, difference + half, float(result.pvalue))
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjustment of one family of p-values (NaN: not tested, kept NaN and not counted).
+
+    With the m tested p-values in increasing order p_(1) <= ... <= p_(m), the adjusted value of
+    p_(i) is max over j <= i of min(1, (m - j + 1) * p_(j)); rejecting where it is <= alpha keeps
+    the family-wise error rate at most alpha (Holm 1979). Ties keep their input order."""
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full(p.shape, np.nan)
+    tested = np.flatnonzero(np.isfinite(p))
+    running = 0.0
+    for rank, index in enumerate(tested[np.argsort(p[tested], kind="stable")]):
+        running = max(running, min(1.0, (len(tested) - rank) * p[index]))
+        adjusted[index] = running
+    return adjusted
 
 
 def _nonfinite(run: pd.Series) -> set[str]:

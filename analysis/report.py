@@ -29,7 +29,7 @@ import pandas as pd
 from analysis import figures as figure_module
 from analysis.aggregate import ARI_KEY, COLLAPSE_ARI, GROUP_KEYS, flag_runs
 from analysis.collect import REPORT_TAG, RunSelection, collect_runs, list_artifacts, metric_histories, tracking_client
-from analysis.tables import TABLES, display_frame, flagged_runs, write_tables
+from analysis.tables import TABLES, comparison_caption, comparison_frame, display_frame, flagged_runs, write_tables
 from emorl.errors import EmorlError
 
 MAX_CHECKPOINT_GROUPS = 4
@@ -182,9 +182,14 @@ def _index_html(selection, readme_head: str, runs, tables, made, skipped, folder
     for number, table in tables.items():
         spec = next(s for s in TABLES if s.number == number)
         parts += [f"<h3>Table {number}: {html.escape(spec.title)}</h3>",
-                  display_frame(spec, table["lines"]).to_html(index=False, border=0),
-                  f'<p><a href="tables/table{number}.md">md</a> | <a href="tables/table{number}.tex">LaTeX</a> | '
-                  f'<a href="tables/table{number}.csv">CSV</a></p>']
+                  display_frame(spec, table["lines"]).to_html(index=False, border=0)]
+        differences = comparison_frame(spec, table["lines"])
+        if not differences.empty:
+            parts += [f"<h4>Table {number}: differences to the full model</h4>",
+                      differences.to_html(index=False, border=0),
+                      f"<p>{html.escape(comparison_caption(spec, table['lines']))}</p>"]
+        parts.append(f'<p><a href="tables/table{number}.md">md</a> | <a href="tables/table{number}.tex">LaTeX</a> | '
+                     f'<a href="tables/table{number}.csv">CSV</a></p>')
     parts.append("<h2>Figures</h2>")
     for figure in made:
         links = " | ".join(f'<a href="{p.relative_to(folder).as_posix()}">{p.suffix[1:].upper()}</a>'

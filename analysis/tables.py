@@ -24,6 +24,17 @@ gets one line per group, labelled with what differs: groups are never averaged t
 group with flagged runs gets a second line without them. A row with no runs shows the
 paper's numbers and ``- (n=0)``; rows that neither the paper nor our runs can fill (MONet on
 Tetrominoes) are left out.
+
+**Differences to the full model** (Tables 2 and 3, :attr:`TableSpec.reference`): every other row is
+compared with the reference row of the same dataset (Table 2: "EfficientMORL"; Table 3:
+EfficientMORL against Slot Attention), metric by metric, over the seeds of each side with
+:func:`analysis.aggregate.compare` (Welch's interval and p-value, a bootstrap interval). The p-values
+of the comparisons shown in one table (one family per ``runs`` subset) are Holm-corrected
+together. When the reference row has several groups of runs, the one of the same sweep and
+``trainer.max_steps`` is taken; if that leaves several, the comparison is not made (the note says
+so). The paper's difference is computed the same way from its published mean, std and n (Welch
+only, not corrected). :func:`comparison_frame` and :func:`comparison_caption` lay it out; the
+caption says in plain words which differences are significant at 0.05 after Holm.
 """
 
 from __future__ import annotations
@@ -34,7 +45,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.aggregate import ALL_RUNS, GROUP_KEYS, WITHOUT_FLAGGED, aggregate, describe_differences
+from analysis.aggregate import (ALL_RUNS, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, GROUP_KEYS, WITHOUT_FLAGGED, Comparison,
+                                aggregate, compare, describe_differences, finite_values, holm, welch_from_summaries)
 
 # Variant names that mean "the full model as the paper trains it".
 FULL_MODEL_VARIANTS = ("default", "full")
@@ -75,6 +87,7 @@ class TableSpec:
     title: str
     metrics: tuple[Metric, ...]
     rows: tuple[Row, ...]
+    reference: str | None = None  # the label of the full-model row every other row is compared with
 
 
 ARI = Metric("test/fg_ari", "ARI", "ARI (%)", 100.0, 1)
@@ -110,11 +123,11 @@ TABLE2 = TableSpec("2", "Ablations (CLEVR6 at 50K steps, Tetrominoes)", (ARI, MS
     _ablation("EfficientMORL w/ bottom-up prior", "tetrominoes", DUAL_GRU, ("model.prior", "bottom_up")),
     _ablation("EfficientMORL w/ reversed prior", "tetrominoes", DUAL_GRU, ("model.prior", "reversed")),
     _ablation("EfficientMORL", "tetrominoes", DUAL_GRU, GECO_OFF, PRIOR_PP),
-))
+), reference="EfficientMORL")
 TABLE3 = TableSpec("3", "DCI on CLEVR6", DCI, (
     Row("Slot Attention", "clevr6", ("slot_attention",)),
     Row("EfficientMORL", "clevr6", EMORL),
-))
+), reference="EfficientMORL")
 TABLES = (TABLE1, TABLE2, TABLE3)
 
 
@@ -156,28 +169,46 @@ def _empty_statistics() -> dict:
             "n_runs": 0, "n_flagged": 0, "seeds": ""}
 
 
+COMPARISON_COLUMNS = ["reference", "difference", "welch_low", "welch_high", "p_value", "p_holm", "bootstrap_low",
+                      "bootstrap_high", "n_reference", "comparison_note", "paper_difference", "paper_welch_low",
+                      "paper_welch_high", "paper_p_value"]
 LINE_COLUMNS = ["table", "row", "dataset", "group", "runs", "metric", "unit", "key", "paper_mean", "paper_std",
                 "paper_n", "paper_note", "mean", "std", "n", "ci95_low", "ci95_high", "n_runs", "n_flagged", "seeds",
-                "experiment", "variant", "model", "sweep", "setting"]
+                "experiment", "variant", "model", "sweep", "setting", *COMPARISON_COLUMNS]
 
 
-def _row_statistics(runs: pd.DataFrame, row: Row, keys: list[str]) -> list[tuple[dict, str, pd.DataFrame | None]]:
-    """(group keys, what sets the group apart, its statistics) for each group of the row's runs that
-    has a value of at least one of ``keys``; one empty entry when there is none."""
+def _row_statistics(runs: pd.DataFrame, row: Row, keys: list[str]
+                    ) -> list[tuple[dict, str, pd.DataFrame | None, pd.DataFrame | None]]:
+    """(group keys, what sets the group apart, its statistics, its runs) for each group of the row's
+    runs that has a value of at least one of ``keys``; one empty entry when there is none."""
     found = []
     for group, frame in _groups(_row_runs(runs, row)):
         stats = aggregate(frame, keys).set_index(["metric", "runs"])
         if stats.loc[(slice(None), ALL_RUNS), "n"].sum() > 0:
             found.append((group, frame, stats))
     texts = describe_differences([(group, frame) for group, frame, _ in found])
-    return [(group, text, stats) for (group, _, stats), text in zip(found, texts)] or [({}, "", None)]
+    return [(group, text, stats, frame) for (group, frame, stats), text in zip(found, texts)] or [({}, "", None, None)]
+
+
+def _subset_values(frame: pd.DataFrame | None, key: str, subset: str, scale: float) -> tuple[float, ...]:
+    """The finite values of ``key`` over the runs of ``subset`` (in the table's units): the seeds compared."""
+    if frame is None or key not in frame.columns:
+        return ()
+    chosen = frame[key] if subset == ALL_RUNS else frame.loc[~frame["flagged"], key]
+    return tuple(float(v) * scale for v in finite_values(chosen))
+
+
+def _steps(frame: pd.DataFrame | None) -> str:
+    column = "params.trainer.max_steps"
+    return ",".join(sorted(map(str, frame[column].dropna().unique()))) if frame is not None and column in frame else ""
 
 
 def table_lines(spec: TableSpec, runs: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.DataFrame:
     """The long form of a table: one line per (row, group of runs, all / without flagged, metric),
     values in the paper's units. ``runs`` must already be flagged (:func:`analysis.aggregate.flag_runs`).
     Lines without flagged runs are given only for groups that have flagged runs; groups with no
-    value of the table's metrics are left out."""
+    value of the table's metrics are left out. Tables with a reference row get the differences to
+    it (:data:`COMPARISON_COLUMNS`; see the module docstring)."""
     paper = paper_results() if paper is None else paper
     lines = []
     for order, row in enumerate(spec.rows):
@@ -186,13 +217,14 @@ def table_lines(spec: TableSpec, runs: pd.DataFrame, paper: pd.DataFrame | None 
         statistics = _row_statistics(runs, row, keys)
         if statistics[0][2] is None and all(pd.isna(v["paper_mean"]) for v in published.values()):
             continue  # neither the paper nor we have a number here (e.g. MONet on Tetrominoes)
-        for group, distinction, stats in statistics:
+        for group, distinction, stats, frame in statistics:
             for subset in (ALL_RUNS, WITHOUT_FLAGGED):
                 for metric, key in zip(spec.metrics, keys):
                     line = {**{k: group.get(k, "") for k in GROUP_KEYS}, "table": spec.number, "order": order,
                             "row": row.label, "dataset": DATASET_NAMES[row.dataset], "group": distinction,
                             "runs": subset, "metric": metric.paper_name, "unit": metric.label, "key": key,
-                            **published[metric.paper_name]}
+                            **published[metric.paper_name],
+                            "_values": _subset_values(frame, key, subset, metric.scale), "_steps": _steps(frame)}
                     if stats is None:
                         line.update(_empty_statistics())
                     else:
@@ -200,8 +232,67 @@ def table_lines(spec: TableSpec, runs: pd.DataFrame, paper: pd.DataFrame | None 
                         line.update({k: found[k] for k in ("n", "n_runs", "n_flagged", "seeds")})
                         line.update({k: found[k] * metric.scale for k in ("mean", "std", "ci95_low", "ci95_high")})
                     lines.append(line)
-    frame = pd.DataFrame(lines, columns=["order", *LINE_COLUMNS])
-    return frame[(frame["runs"] == ALL_RUNS) | (frame["n_flagged"] > 0)].reset_index(drop=True)
+    frame = pd.DataFrame(lines, columns=["order", *LINE_COLUMNS, "_values", "_steps"])
+    frame = frame[(frame["runs"] == ALL_RUNS) | (frame["n_flagged"] > 0)].reset_index(drop=True)
+    frame[["reference", "comparison_note"]] = ""
+    frame["n_reference"] = 0
+    if spec.reference is not None:
+        _add_comparisons(spec, frame)
+    return frame.drop(columns=["_values", "_steps"])
+
+
+def _reference_line(line: pd.Series, candidates: pd.DataFrame) -> tuple[pd.Series | None, str]:
+    """The reference row's line this line is compared with, or None and why."""
+    if candidates.empty:
+        return None, "no runs of the full model"
+    if len(candidates) > 1:
+        candidates = candidates[candidates["sweep"] == line["sweep"]]
+    if len(candidates) > 1:
+        candidates = candidates[candidates["_steps"] == line["_steps"]]
+    if len(candidates) == 1:
+        return candidates.iloc[0], ""
+    if candidates.empty:
+        return None, "no runs of the full model with the same sweep and steps"
+    return None, f"the full model has {len(candidates)} groups of runs here; compare them by hand"
+
+
+def _comparison_values(result: Comparison, prefix: str = "") -> dict:
+    return {f"{prefix}difference": result.difference, f"{prefix}welch_low": result.welch_low,
+            f"{prefix}welch_high": result.welch_high, f"{prefix}p_value": result.p_value}
+
+
+def _add_comparisons(spec: TableSpec, lines: pd.DataFrame) -> None:
+    """Fill :data:`COMPARISON_COLUMNS` in place: each line against the reference row's line of the same
+    dataset, metric and runs subset; Holm over the p-values of each runs subset."""
+    for index, line in lines.iterrows():
+        if line["row"] == spec.reference:
+            lines.loc[index, "comparison_note"] = "the reference (full model)"
+            continue
+        same = lines[(lines["row"] == spec.reference) & (lines["dataset"] == line["dataset"])
+                     & (lines["metric"] == line["metric"])]
+        paper_reference = same.iloc[0] if len(same) else None
+        if paper_reference is not None:
+            published = welch_from_summaries(line["paper_mean"], line["paper_std"], line["paper_n"],
+                                             paper_reference["paper_mean"], paper_reference["paper_std"],
+                                             paper_reference["paper_n"])
+            lines.loc[index, list(_comparison_values(published, "paper_"))] = list(
+                _comparison_values(published, "paper_").values())
+        # "without flagged" lines exist only for groups with flagged runs: otherwise all runs are the same set
+        subset = (same["runs"] == line["runs"]) | ((same["runs"] == ALL_RUNS) & (same["n_flagged"] == 0))
+        reference, why = _reference_line(line, same[subset & (same["n"] > 0)])
+        if line["n"] == 0:
+            reference, why = None, "no runs of this variant"
+        if reference is None:
+            lines.loc[index, "comparison_note"] = why
+            continue
+        result = compare(line["_values"], reference["_values"])
+        lines.loc[index, ["reference", "n_reference", "comparison_note", "bootstrap_low", "bootstrap_high"]] = [
+            reference["row"] + (f" [{reference['group']}]" if reference["group"] else ""), result.n_reference,
+            result.reason, result.bootstrap_low, result.bootstrap_high]
+        lines.loc[index, list(_comparison_values(result))] = list(_comparison_values(result).values())
+    for subset in (ALL_RUNS, WITHOUT_FLAGGED):
+        chosen = lines["runs"] == subset
+        lines.loc[chosen, "p_holm"] = holm(lines.loc[chosen, "p_value"].astype(float))
 
 
 # -- formatting -------------------------------------------------------------------------------------
@@ -248,29 +339,125 @@ def display_frame(spec: TableSpec, lines: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def _p_text(p: float) -> str:
+    if pd.isna(p):
+        return EMPTY
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _signed(value: float, decimals: int) -> str:
+    return EMPTY if pd.isna(value) else f"{value:+.{decimals}f}"
+
+
+def _comparisons(spec: TableSpec, lines: pd.DataFrame) -> pd.DataFrame:
+    """The lines compared with the reference (every line of a table with one, but the reference's own)."""
+    if spec.reference is None or lines.empty:
+        return lines.iloc[0:0]
+    return lines[lines["row"] != spec.reference]
+
+
+def _label(line: pd.Series) -> str:
+    return line["row"] + (f" [{line['group']}]" if line["group"] else "") + (
+        " (without flagged runs)" if line["runs"] == WITHOUT_FLAGGED else "")
+
+
+def comparison_frame(spec: TableSpec, lines: pd.DataFrame) -> pd.DataFrame:
+    """One line per (row, group, metric) compared with the full model: the paper's difference (Welch
+    from its summaries), ours, Welch's and the bootstrap's 95% intervals, Welch's p before and after
+    Holm, and the seeds on each side. Empty for tables without a reference row."""
+    decimals = {m.paper_name: m.decimals for m in spec.metrics}
+    out = []
+    for _, line in _comparisons(spec, lines).iterrows():
+        places = decimals[line["metric"]]
+        paper = _signed(line["paper_difference"], places)
+        if not pd.isna(line["paper_welch_low"]):
+            paper += (f" {format_interval(line['paper_welch_low'], line['paper_welch_high'], places)}, "
+                      f"p {_p_text(line['paper_p_value'])}")
+        out.append({"Model": _label(line), "Dataset": line["dataset"], "Metric": line["unit"],
+                    "full model": line["reference"] or spec.reference,
+                    "Δ paper [Welch 95% CI]": paper, "Δ ours": _signed(line["difference"], places),
+                    "Welch 95% CI": format_interval(line["welch_low"], line["welch_high"], places),
+                    "bootstrap 95% CI": format_interval(line["bootstrap_low"], line["bootstrap_high"], places),
+                    "p (Welch)": _p_text(line["p_value"]), "p (Holm)": _p_text(line["p_holm"]),
+                    "n variant / full": f"{int(line['n'])} / {int(line['n_reference'])}",
+                    "note": line["comparison_note"]})
+    return pd.DataFrame(out)
+
+
+def _listing(part: pd.DataFrame, decimals: dict[str, int] | None = None) -> str:
+    """``Row (Dataset): ARI (%) +1.2, MSE ...; Row ...`` for the caption (with the differences when
+    ``decimals`` gives each metric's decimal places)."""
+    texts = []
+    for (label, dataset), found in part.groupby([part.apply(_label, axis=1), part["dataset"]], sort=False):
+        metrics = [line["unit"] + (f" {_signed(line['difference'], decimals[line['metric']])}" if decimals else "")
+                   for _, line in found.iterrows()]
+        texts.append(f"{label} ({dataset}): {', '.join(metrics)}")
+    return "; ".join(texts)
+
+
+def comparison_caption(spec: TableSpec, lines: pd.DataFrame, alpha: float = 0.05) -> str:
+    """In plain words: what is compared, which differences are significant at ``alpha`` after Holm,
+    which are not, and where there are too few seeds to say."""
+    compared = _comparisons(spec, lines)
+    if compared.empty:
+        return ""
+    tested = compared[compared["p_holm"].notna()]
+    families = ", ".join(f"{len(tested[tested['runs'] == s])} ({s} runs)" for s in (ALL_RUNS, WITHOUT_FLAGGED)
+                         if (tested["runs"] == s).any()) or "0"
+    text = [f"Differences to the full model (the {spec.reference!r} row of the same dataset): variant minus full "
+            "model, in the table's units, over the seeds of each side. 95% intervals from Welch's t test (unequal "
+            f"variances) and from a percentile bootstrap over seeds ({BOOTSTRAP_RESAMPLES} resamples, random seed "
+            f"{BOOTSTRAP_SEED}; too narrow with few seeds). p: Welch's two-sided p-value, Holm-corrected over the "
+            f"comparisons of this table that have one: m = {families}."]
+    decimals = {m.paper_name: m.decimals for m in spec.metrics}
+    significant = tested[tested["p_holm"] <= alpha]
+    plain = tested[tested["p_holm"] > alpha]
+    text.append(f"Significant at {alpha:g} after Holm: {_listing(significant, decimals)}." if len(significant) else
+                f"No difference is significant at {alpha:g} after Holm.")
+    if len(plain):
+        text.append(f"Not significant at {alpha:g} after Holm (no evidence of a difference, which is not evidence "
+                    f"of none): {_listing(plain, decimals)}.")
+    few = compared[compared["p_holm"].isna() & (compared["n"] > 0) & (compared["n_reference"] > 0)]
+    if len(few):
+        text.append(f"No test, too few seeds or no spread (n < 2 on a side): {_listing(few)}.")
+    missing = compared[(compared["n"] == 0) | (compared["n_reference"] == 0)]
+    if len(missing):
+        text.append(f"No runs to compare (this variant or the full model): {_listing(missing)}.")
+    text.append("Δ paper: the same Welch comparison from the paper's published mean, std and n (not corrected).")
+    return " ".join(text)
+
+
 def _notes(lines: pd.DataFrame) -> list[str]:
     notes = lines[lines["paper_note"] != ""].drop_duplicates(["row", "dataset", "paper_note"])
     return [f"{r['row']}, {r['dataset']}: {r['paper_note']}" for _, r in notes.iterrows()]
 
 
-def to_markdown(spec: TableSpec, lines: pd.DataFrame) -> str:
-    """A Markdown table with a title and the paper's notes."""
-    frame = display_frame(spec, lines)
+def _markdown_rows(frame: pd.DataFrame) -> str:
     header = "| " + " | ".join(frame.columns) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    text = [f"### Table {spec.number}: {spec.title}", "", header, rule, *body, ""]
+    return "\n".join([header, rule, *["| " + " | ".join(str(v) for v in row) + " |"
+                                      for row in frame.itertuples(index=False)]])
+
+
+def to_markdown(spec: TableSpec, lines: pd.DataFrame) -> str:
+    """A Markdown table with a title and the paper's notes."""
+    text = [f"### Table {spec.number}: {spec.title}", "", _markdown_rows(display_frame(spec, lines)), ""]
     text.append("Ours: mean \u00b1 std over seeds (ddof = 1), n runs with a finite value; 95% CI: Student t. "
                 "Flagged runs: see the failed-run rule in docs/analysis.md.")
     notes = _notes(lines)
     if notes:
         text += ["", "Paper notes:", *[f"- {note}" for note in notes]]
+    differences = comparison_frame(spec, lines)
+    if not differences.empty:
+        text += ["", f"#### Table {spec.number}: differences to the full model", "", _markdown_rows(differences), "",
+                 comparison_caption(spec, lines)]
     return "\n".join(text) + "\n"
 
 
 def _latex_escape(text: str) -> str:
     for old, new in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                     ("\u00b1", r"$\pm$"), (EMPTY, "--")):
+                     ("\u00b1", r"$\pm$"), (EMPTY, "--"), ("\u0394", r"$\Delta$"),
+                     ("<", r"$<$")):
         text = text.replace(old, new)
     return text
 
@@ -286,6 +473,15 @@ def to_latex(spec: TableSpec, lines: pd.DataFrame) -> str:
             " & ".join(_latex_escape(c) for c in frame.columns) + r" \\", r"\midrule"]
     text += [" & ".join(_latex_escape(str(v)) for v in row) + r" \\" for row in frame.itertuples(index=False)]
     text += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    differences = comparison_frame(spec, lines)
+    if not differences.empty:
+        text += [r"\begin{table}[t]", r"\centering", r"\small",
+                 rf"\caption{{Table {spec.number}, differences to the full model. "
+                 rf"{_latex_escape(comparison_caption(spec, lines))}}}",
+                 rf"\begin{{tabular}}{{{'l' * len(differences.columns)}}}", r"\toprule",
+                 " & ".join(_latex_escape(c) for c in differences.columns) + r" \\", r"\midrule"]
+        text += [" & ".join(_latex_escape(str(v)) for v in row) + r" \\" for row in differences.itertuples(index=False)]
+        text += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(text) + "\n"
 
 

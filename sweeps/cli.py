@@ -1,5 +1,8 @@
 """``emorl sweep SPEC [overrides ...]``: expand a sweep spec, show its trials, run them with Ray Tune.
 
+``emorl sweep SPEC --dry-run`` also prints the cost from recorded step times (:mod:`sweeps.cost`);
+``emorl sweep status NAME`` the progress and ETA of a sweep from its folder (:mod:`sweeps.progress`).
+
 Found by the core CLI through the ``emorl.commands`` entry point (``sweeps.cli:register``).
 """
 
@@ -10,6 +13,8 @@ import shlex
 from pathlib import Path
 
 from emorl.errors import ConfigError
+
+STATUS = "status"  # `emorl sweep status NAME`: not a spec name
 
 # Flags that shape a launch, in the order they are written back into a retry command.
 _REPEATED_FLAGS = ("address", "output", "tracking_uri", "storage", "source_output", "cpus", "gpus",
@@ -40,9 +45,17 @@ def register(subparsers) -> None:
                     "finished trials are skipped, the others continue from their checkpoints. See docs/sweeps.md.",
     )
     parser.__class__ = _OverridesAnywhere  # subparsers build plain ArgumentParsers
-    parser.add_argument("spec", help=f"a shipped spec ({', '.join(shipped_specs())}) or the path of a YAML spec")
+    parser.add_argument("spec", help=f"a shipped spec ({', '.join(shipped_specs())}) or the path of a YAML spec; "
+                                     f"or `{STATUS} NAME`: the progress and ETA of a running or interrupted sweep")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every trial, e.g. trainer.max_steps=1000")
-    parser.add_argument("--dry-run", action="store_true", help="print the trials (and their state) and stop")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the trials (and their state) and the cost estimate from recorded step times, "
+                             "then stop")
+    parser.add_argument("--cost-from", metavar="MACHINE",
+                        help="--dry-run: estimate from the step times recorded on a machine whose description holds "
+                             "this text (e.g. H200; see <output root>/bench/step-times.json); default: this machine")
+    parser.add_argument("--cost-slots", type=int, metavar="N",
+                        help="--dry-run: trials at once for the wall time (default: max_concurrent, or what fits here)")
     parser.add_argument("--address", help="join this Ray cluster (host:port, or auto); default: start Ray here")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", dest="restart", action="store_false",
@@ -69,13 +82,28 @@ def register(subparsers) -> None:
     parser.set_defaults(func=_sweep, restart=False)
 
 
+def _status(args: argparse.Namespace) -> int:
+    """``emorl sweep status NAME``: per-trial progress and the ETA, read from the sweep folder."""
+    from sweeps.progress import status_text
+
+    if len(args.overrides) != 1:
+        raise ConfigError("usage: emorl sweep status NAME, where NAME is a sweep's name, its spec or its folder "
+                          "(--output DIR as launched; --max-concurrent N for the ETA)")
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise ConfigError(f"--max-concurrent={args.max_concurrent} must be >= 1")
+    print(status_text(args.overrides[0], args.output, args.max_concurrent))
+    return 0
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from sweeps.launch import LaunchOptions, run_sweep
     from sweeps.spec import expand, load_spec, parse_resources, with_settings
 
+    if args.spec == STATUS:
+        return _status(args)
     spec = load_spec(args.spec)
     for flag, value, minimum in (("--max-concurrent", args.max_concurrent, 1), ("--max-failures", args.max_failures, 0),
-                                 ("--num-cpus", args.num_cpus, 1)):
+                                 ("--num-cpus", args.num_cpus, 1), ("--cost-slots", args.cost_slots, 1)):
         if value is not None and value < minimum:
             raise ConfigError(f"{flag}={value} must be >= {minimum}")
     resources = None
@@ -89,6 +117,9 @@ def _sweep(args: argparse.Namespace) -> int:
                   source_output=args.source_output, only=only)
     print(format_plan(plan))
     if args.dry_run:
+        from sweeps.cost import estimate_text
+
+        print(estimate_text(plan, args.cost_from, args.cost_slots, args.num_cpus))
         return 0
     storage = args.storage
     if storage and "://" not in storage:

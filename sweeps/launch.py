@@ -348,7 +348,8 @@ def _run_sweep(plan: Plan, options: LaunchOptions) -> SweepOutcome:
         state = _load_state(plan)
         state.update(name=plan.spec.name, spec=str(plan.spec.path), kind=plan.spec.kind,
                      tracking_uri=plan.tracking_uri, tracking_experiment=plan.tracking_experiment,
-                     parent_run_id=parent_run_id, trials=[t.id for t in plan.trials])
+                     parent_run_id=parent_run_id, trials=[t.id for t in plan.trials],
+                     overrides=list(plan.overrides))
         _save_state(plan, state)
         before = {t.id: trial_state(t, children) for t in plan.trials}
         pending = [t for t in plan.trials if before[t.id][0] != "finished"]

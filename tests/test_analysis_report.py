@@ -145,5 +145,8 @@ def test_tables_and_every_figure_from_one_store(tmp_path, mlflow_database_templa
     table2 = (out / "tables" / "table2.md").read_text()
     assert all(row in table2 for row in ("w/out DualGRU", "w/out GECO"))
     assert table2.count("(n=5)") >= 6  # ours beside the paper's, five seeds per CLEVR6 ablation
+    assert "#### Table 2: differences to the full model" in table2 and "after Holm" in table2
+    index = (out / "index.html").read_text()
+    assert "Table 2: differences to the full model</h4>" in index and "Table 3: differences" in index
     table3 = (out / "tables" / "table3.md").read_text()
     assert "| EfficientMORL | CLEVR6 | 0.63 ± 0.04 (n=5) |" in table3

@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from emorl.config import default_tracking_uri
 from sweeps import status
+from sweeps.progress import status_text
 
 pytestmark = pytest.mark.slow
 
@@ -186,6 +187,10 @@ def test_sweep_tracks_every_trial_and_resumes_after_an_interrupt(tmp_path, ray_d
     done_before = {i for i in ids if status.read_status(folders[i]).get("state") == "finished"}
     running_before = {i: step for i, step in running_seen.items() if i not in done_before}
     assert running_before, ("every trial seen mid-run finished before the Ctrl-C landed", running_seen)
+    # `emorl sweep status` on the interrupted sweep: nothing runs; the finished trials are done.
+    interrupted = status_text(str(spec), output=str(output))
+    assert "no trial is running now (interrupted" in interrupted and "running" not in interrupted.splitlines()[0]
+    assert all(re.search(rf"{re.escape(i)}\s+finished\s+{STEPS} / {STEPS}\s.*done", interrupted) for i in done_before)
 
     second = Driver(processes, tmp_path, spec, *args)
     assert second.wait() == 0, second.text()[-3000:]

@@ -224,6 +224,8 @@ def test_cli_dry_run_prints_the_trials_and_starts_nothing(tmp_path, capsys):
                                         "smoke/bottom_up_prior/seed0", "smoke/bottom_up_prior/seed1"]
     assert [row[-1] for row in rows] == ["new"] * 4
     assert "overrides for every trial: trainer.max_steps=9" in printed
+    # The cost: the smoke model is not one `emorl bench step` times, so no numbers, and it says why.
+    assert "smoke/bottom_up_prior x2: no estimate: the model differs in size from the benchmarked tetrominoes" in printed
     assert not output.exists()
 
 

@@ -21,6 +21,10 @@ Modes:
               PyTorch's default precision flags (``authors``), IEEE fp32, TF32, or bf16 autocast
 Every mode steps with GECO active (after its warm start), so the GECO update is timed too.
 
+Records: the rows of the modes the trainer runs (not ``--compile``, not the authors' code) are added
+to the per-machine step-time records (:mod:`emorl.bench.records`; ``--no-record`` skips it), from
+which ``emorl sweep SPEC --dry-run`` estimates a sweep's cost.
+
 Timing: ``--warmup`` untimed steps (at least 3 for the graph modes: two eager steps and the
 capture), then ``--repeats`` blocks of ``--block`` consecutive steps, each block timed with the
 device synchronised only at its ends (what training sees: steps queue behind each other); the
@@ -43,6 +47,7 @@ from pathlib import Path
 
 import torch
 
+from emorl.bench import records
 from emorl.bench.timing import time_calls
 
 SETTINGS = {
@@ -88,6 +93,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--authors-code", type=Path, default=None,
                         help="a checkout of the authors' code, for the authors* modes")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--record-to", type=Path, default=None,
+                        help="the per-machine step-time records that `emorl sweep SPEC --dry-run` reads for its "
+                             "cost estimate (default: <output root>/bench/step-times.json)")
+    parser.add_argument("--no-record", action="store_true", help="do not add the rows to the step-time records")
 
 
 @dataclass
@@ -331,8 +340,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"| {setting} | {batch} | {refine_steps} | {mode} | {forward:.4f} | {median:.4f} | "
                   f"{min(times):.4f} | {flops / 1e9:.0f} | {flops / 1e9 / median:.0f} |{share}", flush=True)
             rows.append({"setting": setting, "batch": batch, "refine_steps": refine_steps, "mode": mode,
-                         "forward_s": forward, "step_s": median, "step_min_s": min(times), "flops": flops,
-                         "device": name, "torch": torch.__version__})
+                         "precision": run_.precision, "forward_s": forward, "step_s": median,
+                         "step_min_s": min(times), "flops": flops, "device": name, "torch": torch.__version__,
+                         "threads": torch.get_num_threads(), "compiled": bool(args.compile)})
             if args.profile:
                 profiles.append((f"{setting} I={refine_steps} {mode}", profile_table(run_.eager_step, device)))
             del run_
@@ -342,4 +352,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n## {title}\n{table}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
+    plain = [row for row in rows if not row["compiled"] and row["mode"] not in AUTHORS_MODES]  # as the trainer runs
+    if plain and not args.no_record:
+        described = records.machine(str(device), None if device.type == "cpu" else name)
+        path = records.record(plain, described, args.record_to)
+        print(f"\nrecorded {len(plain)} step times for {records.machine_key(described)} in {path}")
     return 0

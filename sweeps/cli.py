@@ -148,7 +148,7 @@ def format_plan(plan) -> str:
 
 def format_summary(outcome, again: str, retry: str | None) -> str:
     """What happened, what failed and how to retry it, and where the results are."""
-    from sweeps.tracking import browse_command
+    from emorl.tracking import browse_command
 
     plan = outcome.plan
     finished, failed, unfinished = (outcome.having(s) for s in ("finished", "failed", "unfinished"))

@@ -102,10 +102,3 @@ def child_runs(uri: str, parent_run_id: str) -> dict[str, object]:
         filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=10000,
         order_by=["attributes.start_time ASC"])
     return {r.data.tags["emorl.sweep_trial"]: r for r in runs if "emorl.sweep_trial" in r.data.tags}
-
-
-def browse_command(uri: str) -> str:
-    """How to look at the results."""
-    if uri.startswith(("http://", "https://")):
-        return f"open {uri} in a browser"
-    return f"mlflow ui --backend-store-uri {uri}"

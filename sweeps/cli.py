@@ -154,8 +154,10 @@ def format_summary(outcome, again: str, retry: str | None) -> str:
     finished, failed, unfinished = (outcome.having(s) for s in ("finished", "failed", "unfinished"))
     now = sum(1 for o in finished if o.ran_now)
     selected = f" (selected by --only, of {plan.total})" if plan.total != len(plan.trials) else ""
+    undelivered = f", {outcome.undelivered} tracking records undelivered" if outcome.undelivered else ""
     lines = ["", f"sweep {plan.spec.name}: {len(finished)} of {len(plan.trials)} trials{selected} finished ({now} in "
-                 f"this launch), {len(failed)} failed, {len(unfinished)} unfinished; {outcome.wall_s:.0f} s"]
+                 f"this launch), {len(failed)} failed, {len(unfinished)} unfinished{undelivered}; "
+                 f"{outcome.wall_s:.0f} s"]
     if failed:
         lines.append("failed trials:")
         lines += [f"  {o.trial.id} ({o.attempts} attempt{'s' if o.attempts != 1 else ''}): {o.detail}" for o in failed]
@@ -163,12 +165,34 @@ def format_summary(outcome, again: str, retry: str | None) -> str:
                   "(running the same command again also retries them; finished trials are skipped)"]
     if unfinished:
         lines += [f"interrupted: {len(unfinished)} trials unfinished; resume with the same command:", f"  {again}"]
+    lines += format_delivery(outcome, again)
     lines += ["results:", f"  output folder: {plan.output_dir}"]
     if outcome.parent_run_id:
         lines += [f"  MLflow:        {plan.tracking_uri}, experiment {plan.tracking_experiment!r}, "
                   f"parent run {outcome.parent_run_id}",
                   f"  browse with:   {browse_command(plan.tracking_uri)}"]
     return "\n".join(lines)
+
+
+def format_delivery(outcome, again: str) -> list[str]:
+    """What the driver delivered from the trials' spools, and what is still undelivered with the
+    commands that deliver it (a sweep never ends quietly with tracking records left behind)."""
+    plan, lines = outcome.plan, []
+    delivered = [o for o in outcome.outcomes if o.delivered]
+    if delivered:
+        lines.append(f"tracking: delivered {sum(o.delivered for o in delivered)} records kept in the spools of "
+                     f"{len(delivered)} trials: " + ", ".join(f"{o.trial.id} ({o.delivered})" for o in delivered))
+    waiting = [o for o in outcome.outcomes if o.undelivered]
+    if waiting:
+        failure = next((o.delivery_failure for o in waiting if o.delivery_failure), None)
+        lines.append(f"tracking: {outcome.undelivered} records of {len(waiting)} trials are NOT delivered to "
+                     f"{plan.tracking_uri}" + (f" ({failure})" if failure else "") + ":")
+        lines += [f"  {o.trial.id}: {o.undelivered}" for o in waiting]
+        lines += ["they wait in each trial's tracking/spool.jsonl; when the store is reachable, deliver them with:",
+                  f"  emorl sync {shlex.quote(str(plan.output_dir))}",
+                  "(or run the same command again)" if outcome.having("unfinished") or outcome.having("failed")
+                  else f"or run the same command again:\n  {again}"]
+    return lines
 
 
 def command(args: argparse.Namespace, only: list[str] | None = None) -> str:

@@ -6,6 +6,7 @@ Found by the core CLI through the ``emorl.commands`` entry point (``sweeps.cli:r
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 from pathlib import Path
 
@@ -186,13 +187,20 @@ def format_delivery(outcome, again: str) -> list[str]:
     if waiting:
         failure = next((o.delivery_failure for o in waiting if o.delivery_failure), None)
         lines.append(f"tracking: {outcome.undelivered} records of {len(waiting)} trials are NOT delivered to "
-                     f"{plan.tracking_uri}" + (f" ({failure})" if failure else "") + ":")
+                     f"{plan.tracking_uri}" + (f" ({short_failure(failure)})" if failure else "") + ":")
         lines += [f"  {o.trial.id}: {o.undelivered}" for o in waiting]
         lines += ["they wait in each trial's tracking/spool.jsonl; when the store is reachable, deliver them with:",
                   f"  emorl sync {shlex.quote(str(plan.output_dir))}",
                   "(or run the same command again)" if outcome.having("unfinished") or outcome.having("failed")
                   else f"or run the same command again:\n  {again}"]
     return lines
+
+
+def short_failure(text: str) -> str:
+    """The telling part of a delivery failure: an HTTP client's message ends with the system's own
+    (``[Errno 111] Connection refused``); anything else, its start."""
+    errno = re.findall(r"\[Errno -?\d+\] [^'\")]+", text)
+    return errno[-1] if errno else text[:200]
 
 
 def command(args: argparse.Namespace, only: list[str] | None = None) -> str:

@@ -292,6 +292,7 @@ class Delivery:
     pending: int  # records waiting before the attempt
     left: int  # records still waiting after it
     failure: str | None = None  # why the store refused, when it did
+    ended: str | None = None  # the status this attempt ended a run left open with (``end_status``)
 
     @property
     def delivered(self) -> int:
@@ -302,13 +303,14 @@ def deliver(run_dir: str | Path, uri: str | None = None, end_status: str | None 
     """Try once to deliver the pending records of a run folder; an unreachable store is reported in
     the result, not raised. With ``end_status``, a run left open is first ended with that status."""
     tracker = spool_tracker(run_dir, uri)
-    if end_status and not tracker.ended():
-        tracker._append({"op": "end", "status": end_status})
+    ended = end_status if end_status and not tracker.ended() else None
+    if ended:
+        tracker._append({"op": "end", "status": ended})
     pending = len(tracker.pending())
     if pending:
         tracker.flush(force=True)
     return Delivery(tracker.folder.parent, tracker.uri, tracker.run_id, pending, len(tracker.pending()),
-                    tracker._last_failure)
+                    tracker._last_failure, ended)
 
 
 def sync(run_dir: str | Path, uri: str | None = None) -> int:

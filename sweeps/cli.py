@@ -179,10 +179,16 @@ def format_delivery(outcome, again: str) -> list[str]:
     """What the driver delivered from the trials' spools, and what is still undelivered with the
     commands that deliver it (a sweep never ends quietly with tracking records left behind)."""
     plan, lines = outcome.plan, []
-    delivered = [o for o in outcome.outcomes if o.delivered]
+    ended = [o for o in outcome.outcomes if o.run_ended]
+    if ended:
+        lines.append(f"tracking: ended the MLflow runs of {len(ended)} trials whose processes were stopped: "
+                     + ", ".join(f"{o.trial.id} ({o.run_ended})" for o in ended))
+    # records kept from before: those delivered, less the end record the driver has just written and delivered
+    kept = {o.trial.id: o.delivered - (1 if o.run_ended and not o.undelivered else 0) for o in outcome.outcomes}
+    delivered = [o for o in outcome.outcomes if kept[o.trial.id]]
     if delivered:
-        lines.append(f"tracking: delivered {sum(o.delivered for o in delivered)} records kept in the spools of "
-                     f"{len(delivered)} trials: " + ", ".join(f"{o.trial.id} ({o.delivered})" for o in delivered))
+        lines.append(f"tracking: delivered {sum(kept[o.trial.id] for o in delivered)} records kept in the spools of "
+                     f"{len(delivered)} trials: " + ", ".join(f"{o.trial.id} ({kept[o.trial.id]})" for o in delivered))
     waiting = [o for o in outcome.outcomes if o.undelivered]
     if waiting:
         failure = next((o.delivery_failure for o in waiting if o.delivery_failure), None)

@@ -37,8 +37,9 @@ def has_spool(trial_dir: Path) -> bool:
 
 
 def settle_trial(outcome) -> None:
-    """End and deliver one trial's run as its outcome says; record what is left in the outcome
-    (``delivered``, ``undelivered``, ``delivery_failure``) and in the trial's ``status.json``."""
+    """End and deliver one trial's run as its outcome says; record what was done in the outcome
+    (``delivered``, ``undelivered``, ``delivery_failure``, ``run_ended``) and what is left in the
+    trial's ``status.json``."""
     folder = outcome.trial.output_dir
     stopped = outcome.state == "unfinished" and bool(status.read_attempts(folder))  # started, then stopped
     if stopped:
@@ -46,7 +47,8 @@ def settle_trial(outcome) -> None:
     tracked = has_spool(folder)
     if tracked:
         result = deliver(folder, end_status=END_STATUS[outcome.state])
-        outcome.delivered, outcome.undelivered, outcome.delivery_failure = result.delivered, result.left, result.failure
+        outcome.delivered, outcome.undelivered = result.delivered, result.left
+        outcome.delivery_failure, outcome.run_ended = result.failure, result.ended
     written = status.read_status(folder)
     if stopped:  # it says running (at its last checkpoint's step): no longer true
         status.update_status(folder, state="interrupted", step=int(written.get("step") or 0),

@@ -57,6 +57,7 @@ class TrialOutcome:
     delivered: int = 0  # tracking records the driver delivered from the trial's spool in this launch
     undelivered: int = 0  # tracking records still waiting in the trial's spool (the store was unreachable)
     delivery_failure: str | None = None  # why the store did not take them
+    run_ended: str | None = None  # the status the driver ended the trial's run with (its process could not)
 
 
 @dataclass

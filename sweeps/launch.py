@@ -490,7 +490,8 @@ def _close_tracking(plan: Plan, outcome: SweepOutcome) -> None:
     try:
         sweep_tracking.finish_parent_run(plan.tracking_uri, outcome.parent_run_id, run_status, metrics, step)
     except Exception as error:  # the results are safe in the trials' runs; say so and go on
-        print(f"warning: could not close the parent run {outcome.parent_run_id}: {type(error).__name__}: {error}")
+        print(f"warning: could not close the parent run {outcome.parent_run_id}: {type(error).__name__}: {error}; "
+              "it is closed when the same command runs again")
 
 
 def _load_state(plan: Plan) -> dict:

@@ -118,6 +118,7 @@ def register(subparsers) -> None:
         description="Deliver the tracking records kept in the spool of a run folder, or of every run under a "
                     f"sweep folder. Exit codes: 0 everything delivered, 2 no spool there, {UNDELIVERED_EXIT_CODE} "
                     "records left undelivered (the store is still unreachable: run it again later).")
-    sync.add_argument("run_dir", help="a run folder (holds tracking/spool.jsonl) or a sweep folder (every run under it)")
+    sync.add_argument("run_dir", help="a run folder (holds tracking/spool.jsonl), or a sweep folder: every run "
+                                      "under it")
     sync.add_argument("--uri", default=None, help="tracking URI (default: the one the run used)")
     sync.set_defaults(func=_sync)

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,10 @@ from emorl.errors import EmorlError
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_LENGTH = 6000
+# The exit status of a command that did its work but left tracking records undelivered (the store
+# was unreachable): `emorl sync`, `emorl train`, `emorl sweep`. Not 0: the results are not all in
+# the store yet; not 1: nothing failed, and `emorl sync` (or running the command again) completes it.
+UNDELIVERED_EXIT_CODE = 3
 
 
 class Tracker:
@@ -257,15 +262,9 @@ def default_artifact_root(uri: str) -> str | None:
     return None
 
 
-def browse_command(uri: str) -> str:
-    """How to look at the runs of a tracking store."""
-    if uri.startswith(("http://", "https://")):
-        return f"open {uri} in a browser"
-    return f"mlflow ui --backend-store-uri {uri}"
-
-
-def sync(run_dir: str | Path, uri: str | None = None) -> int:
-    """Deliver the pending records of a run folder; returns how many were pending."""
+def spool_tracker(run_dir: str | Path, uri: str | None = None) -> MLflowTracker:
+    """The tracker of the spool a run folder already holds (to inspect or deliver it), for the URI
+    the run used unless ``uri`` is given."""
     folder = Path(run_dir).resolve()
     state_file = folder / "tracking" / "state.json"
     if not state_file.exists():
@@ -273,11 +272,91 @@ def sync(run_dir: str | Path, uri: str | None = None) -> int:
     uri = uri or json.loads(state_file.read_text()).get("uri")
     if not uri:
         raise EmorlError(f"{folder}: the spool does not record its tracking URI; pass --uri")
-    tracker = MLflowTracker(uri, folder, quiet=True)
+    return MLflowTracker(uri, folder, quiet=True)
+
+
+def undelivered(run_dir: str | Path) -> int:
+    """How many tracking records of a run folder wait in its spool (0 when it has no spool)."""
+    if not (Path(run_dir) / "tracking" / "state.json").exists():
+        return 0
+    return len(spool_tracker(run_dir).pending())
+
+
+@dataclass
+class Delivery:
+    """What one attempt to deliver a run folder's spool did."""
+
+    run_dir: Path
+    uri: str
+    run_id: str | None
+    pending: int  # records waiting before the attempt
+    left: int  # records still waiting after it
+    failure: str | None = None  # why the store refused, when it did
+    ended: str | None = None  # the status this attempt ended a run left open with (``end_status``)
+
+    @property
+    def delivered(self) -> int:
+        return self.pending - self.left
+
+
+def deliver(run_dir: str | Path, uri: str | None = None, end_status: str | None = None) -> Delivery:
+    """Try once to deliver the pending records of a run folder; an unreachable store is reported in
+    the result, not raised. With ``end_status``, a run left open is first ended with that status."""
+    tracker = spool_tracker(run_dir, uri)
+    ended = end_status if end_status and not tracker.ended() else None
+    if ended:
+        tracker._append({"op": "end", "status": ended})
     pending = len(tracker.pending())
-    if pending and not tracker.flush(force=True):
-        raise EmorlError(f"could not deliver {pending} tracking records to {uri}: {tracker._last_failure}")
-    return pending
+    if pending:
+        tracker.flush(force=True)
+    return Delivery(tracker.folder.parent, tracker.uri, tracker.run_id, pending, len(tracker.pending()),
+                    tracker._last_failure, ended)
+
+
+def sync(run_dir: str | Path, uri: str | None = None) -> int:
+    """Deliver the pending records of a run folder; returns how many were pending."""
+    result = deliver(run_dir, uri)
+    if result.left:
+        raise EmorlError(f"could not deliver {result.left} tracking records to {result.uri}: {result.failure}")
+    return result.pending
+
+
+def spooled_run_dirs(path: str | Path) -> list[Path]:
+    """The run folders at or under ``path`` (a run folder or a sweep folder) that hold a tracking spool."""
+    root = Path(path).resolve()
+    if not root.is_dir():
+        raise EmorlError(f"{root}: no such folder; give a run folder or a sweep folder")
+    found = sorted(state.parent.parent for state in root.rglob("tracking/state.json"))
+    if not found:
+        raise EmorlError(f"{root}: no tracking spool here or below (a run folder holds tracking/state.json); "
+                         "give the folder of a run (trainer.output_dir) or of a sweep (--output)")
+    return found
+
+
+def end_abandoned_run(run_dir: str | Path, status: str = "KILLED") -> Delivery:
+    """End the run of a folder whose process died without ending it (a sweep trial killed by Ray):
+    append the end record its tracker would have written, then try to deliver the spool.
+
+    The spool stays the run's one record: a later resume appends ``reopen`` after this end, so
+    the run goes back to RUNNING in order. Only for a folder no live process writes to.
+    """
+    return deliver(run_dir, end_status=status)
+
+
+def tracking_note(uri: str, run_dir: str | Path, run_id: str | None) -> str:
+    """What to tell the user at the end of a run: where it is tracked, or what still waits in its spool."""
+    waiting = undelivered(run_dir)
+    if waiting:
+        return (f"tracking: {waiting} records wait in {Path(run_dir) / 'tracking' / 'spool.jsonl'}, the store {uri} "
+                f"was unreachable; deliver them with:\n  emorl sync {run_dir}")
+    return f"tracked in MLflow ({uri}), run {run_id}; look at it: {browse_command(uri)}"
+
+
+def browse_command(uri: str) -> str:
+    """How to look at what a tracking store holds."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} in a browser"
+    return f"mlflow ui --backend-store-uri {uri}"
 
 
 def _param_value(value: Any) -> str:

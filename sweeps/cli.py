@@ -9,6 +9,7 @@ Found by the core CLI through the ``emorl.commands`` entry point (``sweeps.cli:r
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 from pathlib import Path
 
@@ -179,14 +180,16 @@ def format_plan(plan) -> str:
 
 def format_summary(outcome, again: str, retry: str | None) -> str:
     """What happened, what failed and how to retry it, and where the results are."""
-    from sweeps.tracking import browse_command
+    from emorl.tracking import browse_command
 
     plan = outcome.plan
     finished, failed, unfinished = (outcome.having(s) for s in ("finished", "failed", "unfinished"))
     now = sum(1 for o in finished if o.ran_now)
     selected = f" (selected by --only, of {plan.total})" if plan.total != len(plan.trials) else ""
+    undelivered = f", {outcome.undelivered} tracking records undelivered" if outcome.undelivered else ""
     lines = ["", f"sweep {plan.spec.name}: {len(finished)} of {len(plan.trials)} trials{selected} finished ({now} in "
-                 f"this launch), {len(failed)} failed, {len(unfinished)} unfinished; {outcome.wall_s:.0f} s"]
+                 f"this launch), {len(failed)} failed, {len(unfinished)} unfinished{undelivered}; "
+                 f"{outcome.wall_s:.0f} s"]
     if failed:
         lines.append("failed trials:")
         lines += [f"  {o.trial.id} ({o.attempts} attempt{'s' if o.attempts != 1 else ''}): {o.detail}" for o in failed]
@@ -194,12 +197,47 @@ def format_summary(outcome, again: str, retry: str | None) -> str:
                   "(running the same command again also retries them; finished trials are skipped)"]
     if unfinished:
         lines += [f"interrupted: {len(unfinished)} trials unfinished; resume with the same command:", f"  {again}"]
+    lines += format_delivery(outcome, again)
     lines += ["results:", f"  output folder: {plan.output_dir}"]
     if outcome.parent_run_id:
         lines += [f"  MLflow:        {plan.tracking_uri}, experiment {plan.tracking_experiment!r}, "
                   f"parent run {outcome.parent_run_id}",
                   f"  browse with:   {browse_command(plan.tracking_uri)}"]
     return "\n".join(lines)
+
+
+def format_delivery(outcome, again: str) -> list[str]:
+    """What the driver delivered from the trials' spools, and what is still undelivered with the
+    commands that deliver it (a sweep never ends quietly with tracking records left behind)."""
+    plan, lines = outcome.plan, []
+    ended = [o for o in outcome.outcomes if o.run_ended]
+    if ended:
+        lines.append(f"tracking: ended the MLflow runs of {len(ended)} trials whose processes were stopped: "
+                     + ", ".join(f"{o.trial.id} ({o.run_ended})" for o in ended))
+    # records kept from before: those delivered, less the end record the driver has just written and delivered
+    kept = {o.trial.id: o.delivered - (1 if o.run_ended and not o.undelivered else 0) for o in outcome.outcomes}
+    delivered = [o for o in outcome.outcomes if kept[o.trial.id]]
+    if delivered:
+        lines.append(f"tracking: delivered {sum(kept[o.trial.id] for o in delivered)} records kept in the spools of "
+                     f"{len(delivered)} trials: " + ", ".join(f"{o.trial.id} ({kept[o.trial.id]})" for o in delivered))
+    waiting = [o for o in outcome.outcomes if o.undelivered]
+    if waiting:
+        failure = next((o.delivery_failure for o in waiting if o.delivery_failure), None)
+        lines.append(f"tracking: {outcome.undelivered} records of {len(waiting)} trials are NOT delivered to "
+                     f"{plan.tracking_uri}" + (f" ({short_failure(failure)})" if failure else "") + ":")
+        lines += [f"  {o.trial.id}: {o.undelivered}" for o in waiting]
+        lines += ["they wait in each trial's tracking/spool.jsonl; when the store is reachable, deliver them with:",
+                  f"  emorl sync {shlex.quote(str(plan.output_dir))}",
+                  "(or run the same command again)" if outcome.having("unfinished") or outcome.having("failed")
+                  else f"or run the same command again:\n  {again}"]
+    return lines
+
+
+def short_failure(text: str) -> str:
+    """The telling part of a delivery failure: an HTTP client's message ends with the system's own
+    (``[Errno 111] Connection refused``); anything else, its start."""
+    errno = re.findall(r"\[Errno -?\d+\] [^'\")]+", text)
+    return errno[-1] if errno else text[:200]
 
 
 def command(args: argparse.Namespace, only: list[str] | None = None) -> str:

@@ -10,6 +10,10 @@ restorable Tune experiment, it is continued with ``Tuner.restore`` (unfinished a
 go on from their last Tune checkpoints). Ours, which decides: a trial whose folder says it
 finished (or whose MLflow run finished) is not scheduled at all, and every scheduled trial
 continues from its own ``last.pt`` and reopens its own MLflow run (the trainer's resume).
+
+Tracking ends with the launch (:mod:`sweeps.delivery`): the runs of trials stopped by a Ctrl-C are
+ended KILLED, and every ended trial's spool is delivered; what the store did not take is counted,
+and the sweep exits 3 rather than 0 (running it again, or ``emorl sync``, delivers it).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from emorl.errors import ConfigError, EmorlError
 from emorl.locking import exclusive
 from sweeps import status
 from sweeps import tracking as sweep_tracking
+from sweeps.delivery import settle_trial
 from sweeps.spec import Plan, Trial
 
 STATE_FILE = "sweep.json"
@@ -50,6 +55,10 @@ class TrialOutcome:
     detail: str = ""  # the step, the failure reason, ...
     ran_now: bool = False  # scheduled in this launch
     attempts: int = 0
+    delivered: int = 0  # tracking records the driver delivered from the trial's spool in this launch
+    undelivered: int = 0  # tracking records still waiting in the trial's spool (the store was unreachable)
+    delivery_failure: str | None = None  # why the store did not take them
+    run_ended: str | None = None  # the status the driver ended the trial's run with (its process could not)
 
 
 @dataclass
@@ -64,10 +73,23 @@ class SweepOutcome:
         return [o for o in self.outcomes if o.state == state]
 
     @property
-    def exit_code(self) -> int:
+    def undelivered(self) -> int:
+        return sum(o.undelivered for o in self.outcomes)
+
+    @property
+    def state(self) -> str:
         if self.having("failed"):
-            return 1
-        return 130 if self.having("unfinished") else 0
+            return "failed"
+        return "interrupted" if self.having("unfinished") else "finished"
+
+    @property
+    def exit_code(self) -> int:
+        """1 some trial failed, 130 interrupted, 3 every trial finished but tracking records are
+        undelivered (:data:`emorl.tracking.UNDELIVERED_EXIT_CODE`), 0 all done and delivered."""
+        from emorl.tracking import UNDELIVERED_EXIT_CODE
+
+        codes = {"failed": 1, "interrupted": 130, "finished": UNDELIVERED_EXIT_CODE if self.undelivered else 0}
+        return codes[self.state]
 
 
 # -- trial states --------------------------------------------------------------------------------
@@ -349,7 +371,7 @@ def _run_sweep(plan: Plan, options: LaunchOptions) -> SweepOutcome:
         state.update(name=plan.spec.name, spec=str(plan.spec.path), kind=plan.spec.kind,
                      tracking_uri=plan.tracking_uri, tracking_experiment=plan.tracking_experiment,
                      parent_run_id=parent_run_id, trials=[t.id for t in plan.trials],
-                     overrides=list(plan.overrides))
+                     overrides=list(plan.overrides), state="running")
         _save_state(plan, state)
         before = {t.id: trial_state(t, children) for t in plan.trials}
         pending = [t for t in plan.trials if before[t.id][0] != "finished"]
@@ -368,15 +390,21 @@ def _run_sweep(plan: Plan, options: LaunchOptions) -> SweepOutcome:
         except KeyboardInterrupt:
             interrupted = True
         except Exception:  # a fault of the driver itself: the parent run must not stay RUNNING
+            state["state"] = "failed"
+            _save_state(plan, state)
             if parent_run_id:
                 sweep_tracking.finish_parent_run(plan.tracking_uri, parent_run_id, "FAILED", {}, 0)
             raise
         outcome = _collect(plan, parent_run_id, before, pending, results, interrupted, started)
+        for trial_outcome in outcome.outcomes:  # every trial's run ended and its records delivered, or counted
+            settle_trial(trial_outcome)
         _close_tracking(plan, outcome)
         state.setdefault("launches", []).append({
             "time": time.strftime("%Y-%m-%d %H:%M:%S"), "scheduled": len(pending),
             "finished": len(outcome.having("finished")), "failed": len(outcome.having("failed")),
-            "unfinished": len(outcome.having("unfinished")), "wall_s": round(outcome.wall_s, 1)})
+            "unfinished": len(outcome.having("unfinished")), "wall_s": round(outcome.wall_s, 1),
+            "tracking_undelivered": outcome.undelivered})
+        state.update(state=outcome.state, tracking_undelivered=outcome.undelivered)
         _save_state(plan, state)
     return outcome
 
@@ -475,7 +503,8 @@ def _close_tracking(plan: Plan, outcome: SweepOutcome) -> None:
     try:
         sweep_tracking.finish_parent_run(plan.tracking_uri, outcome.parent_run_id, run_status, metrics, step)
     except Exception as error:  # the results are safe in the trials' runs; say so and go on
-        print(f"warning: could not close the parent run {outcome.parent_run_id}: {type(error).__name__}: {error}")
+        print(f"warning: could not close the parent run {outcome.parent_run_id}: {type(error).__name__}: {error}; "
+              "it is closed when the same command runs again")
 
 
 def _load_state(plan: Plan) -> dict:

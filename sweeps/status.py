@@ -2,7 +2,9 @@
 
 Each trial keeps, in ``<trial folder>/sweep/``:
 - ``status.json``: its latest state (``running`` with the last checkpoint's step, ``finished``
-  with the final metrics, or ``failed`` with the reason), replaced atomically;
+  with the final metrics, ``failed`` with the reason, or ``interrupted`` with the step, written by
+  the driver for a trial its Ctrl-C stopped), replaced atomically; ``undelivered`` counts the
+  tracking records still waiting in the trial's spool (the store was unreachable);
 - ``attempts.jsonl``: one line per start of the trial (process id, Ray node, the step it started
   from), so a retry or a resumed sweep can be told apart from a fresh run.
 """
@@ -61,3 +63,8 @@ def read_attempts(trial_dir: str | Path) -> list[dict]:
         return []
     lines = path.read_text().splitlines()
     return [json.loads(line) for line in lines if line.strip()]
+
+
+def update_status(trial_dir: str | Path, **fields) -> dict:
+    """Change some fields of the trial's state, keeping the others (the driver's corrections)."""
+    return write_status(trial_dir, **{**read_status(trial_dir), **fields})

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from emorl.errors import EmorlError
-from emorl.tracking import browse_command, default_artifact_root, ensure_experiment  # noqa: F401 (re-exported)
+from emorl.tracking import default_artifact_root, ensure_experiment
 
 ROLE_TAG = "emorl.sweep_role"
 OUTPUT_TAG = "emorl.sweep_output"
@@ -102,5 +102,3 @@ def child_runs(uri: str, parent_run_id: str) -> dict[str, object]:
         filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=10000,
         order_by=["attributes.start_time ASC"])
     return {r.data.tags["emorl.sweep_trial"]: r for r in runs if "emorl.sweep_trial" in r.data.tags}
-
-

@@ -10,7 +10,8 @@ and owns the trial's MLflow run (a child of the sweep's parent run); this module
   latest Tune checkpoint, together with the tracking state, so the same MLflow run is reopened;
 - reports metrics to Tune at every log and evaluation, and the checkpoint (``last.pt`` and the
   tracking state) at every checkpoint;
-- records each attempt and the trial's state in ``<output_dir>/sweep/`` (see :mod:`sweeps.status`).
+- records each attempt and the trial's state in ``<output_dir>/sweep/`` (see :mod:`sweeps.status`),
+  with the number of tracking records its trainer could not deliver (``undelivered``).
 
 A failure raises, so that Tune retries the trial (``max_failures``) and lists it as errored.
 """
@@ -89,6 +90,7 @@ def report_checkpoint(output_dir: Path, path: Path, metrics: dict) -> None:
 def _train(payload: dict) -> None:
     from emorl.engine import checkpoint as ckpt
     from emorl.engine.train import train
+    from emorl.tracking import undelivered
 
     output_dir = Path(payload["output_dir"])
     restored = restore_from_tune_checkpoint(output_dir)
@@ -100,10 +102,13 @@ def _train(payload: dict) -> None:
     try:
         result = train(payload["config"], hooks)
     except Exception as error:  # recorded for the driver's table, then raised for Tune to retry
-        status.write_status(output_dir, state="failed", reason=_reason(error), attempt=attempt)
+        status.write_status(output_dir, state="failed", reason=_reason(error), attempt=attempt,
+                            undelivered=undelivered(output_dir))
         raise
+    # The trainer's last act was a forced delivery of its spool: what it could not deliver is counted
+    # here, for the driver (which delivers it later, or says so and exits 3).
     status.write_status(output_dir, state="finished", step=result.step, metrics=result.metrics,
-                        run_id=result.run_id, attempt=attempt)
+                        run_id=result.run_id, attempt=attempt, undelivered=undelivered(output_dir))
     report_checkpoint(output_dir, result.checkpoint,
                       {**hooks.latest, "step": result.step, **result.metrics, "emorl_finished": 1})
 

@@ -21,9 +21,12 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from emorl.cli import main
 from emorl.config import default_tracking_uri
+from emorl.tracking import undelivered
 from sweeps import status
 from sweeps.progress import status_text
+from tests.test_tracking import MlflowServer
 
 pytestmark = pytest.mark.slow
 
@@ -191,6 +194,21 @@ def test_sweep_tracks_every_trial_and_resumes_after_an_interrupt(tmp_path, ray_d
     interrupted = status_text(str(spec), output=str(output))
     assert "no trial is running now (interrupted" in interrupted and "running" not in interrupted.splitlines()[0]
     assert all(re.search(rf"{re.escape(i)}\s+finished\s+{STEPS} / {STEPS}\s.*done", interrupted) for i in done_before)
+    # Ray stopped the trials without their handlers: the driver ended their runs KILLED, through
+    # their spools, and nothing says running any more.
+    stopped = {c.data.tags["emorl.sweep_trial"]: c.info.status for c in children if
+               c.data.tags["emorl.sweep_trial"] not in done_before}
+    assert set(running_before) <= set(stopped) and set(stopped.values()) == {"KILLED"}, stopped
+    assert "tracking: ended the MLflow runs of " in first.text()  # Ray stopped them without their handlers
+    for trial_id in ids:
+        written = status.read_status(folders[trial_id])
+        assert written.get("state") in ("finished", "interrupted", None), (trial_id, written)
+        if trial_id in running_before:
+            assert written["state"] == "interrupted" and written["step"] >= running_before[trial_id]
+            assert written["undelivered"] == 0
+    (parent,), _ = tracked_runs(name)
+    assert parent.info.status == "KILLED"
+    assert json.loads((output / "sweep.json").read_text())["state"] == "interrupted"
 
     second = Driver(processes, tmp_path, spec, *args)
     assert second.wait() == 0, second.text()[-3000:]
@@ -210,8 +228,86 @@ def test_sweep_tracks_every_trial_and_resumes_after_an_interrupt(tmp_path, ray_d
             resumed = attempts[-1]["start_step"]  # STEPS when stopped just after its final checkpoint
             assert len(attempts) == 2 and STEPS >= resumed >= running_before[trial_id] > 0, (trial_id, attempts)
             assert resumed % CHECKPOINT_EVERY == 0
-    assert_tracked(name, output, ids)
+    assert_tracked(name, output, ids)  # the killed runs were reopened by the resumed trainers, and finished
     assert f"mlflow ui --backend-store-uri {default_tracking_uri()}" in text
+    assert json.loads((output / "sweep.json").read_text())["state"] == "finished"
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A real `mlflow server` over HTTP, which a test may kill (SIGKILL) and start again."""
+    instance = MlflowServer(tmp_path / "server", free_port())
+    instance.folder.mkdir()
+    yield instance.start()
+    instance.stop()
+
+
+def test_a_tracking_outage_is_reported_and_the_same_command_delivers_it(tmp_path, ray_dir, processes, server, capsys):
+    """The MLflow server is killed while two trials train: they finish, the sweep says which records
+    are undelivered and exits 3; `emorl sync` cannot deliver them while the server is down (exit 3);
+    once it is back, the same sweep command delivers every record (no trial runs again) and ends
+    every child run FINISHED with its whole metric history."""
+    name, output, steps = "outage", tmp_path / "sweep", STEPS // 2
+    spec = write_spec(tmp_path, name, [0, 1], max_concurrent=2)
+    ids = [f"smoke/default/seed{s}" for s in (0, 1)]
+    folders = trial_dirs(output, ids)
+    args = ("--output", str(output), "--ray-temp-dir", ray_dir, "--tracking-uri", server.uri,
+            f"trainer.max_steps={steps}")
+    first = Driver(processes, tmp_path, spec, *args)
+
+    def a_trial_mid_run():
+        return any(status.read_status(f).get("state") == "running" and status.read_status(f)["step"] <= steps // 2
+                   for f in folders.values())
+
+    wait_for(a_trial_mid_run, "a trial's first checkpoint", first)
+    server.stop()  # SIGKILL, while the trials train
+    assert first.wait() == 3, first.text()[-3000:]
+    text = first.text()
+    counts = {i: status.read_status(folders[i])["undelivered"] for i in ids}
+    assert all(status.read_status(folders[i])["state"] == "finished" for i in ids)
+    assert all(counts[i] == undelivered(folders[i]) for i in ids) and sum(counts.values()) > 0, counts
+    assert f"2 of 2 trials finished (2 in this launch), 0 failed, 0 unfinished, {sum(counts.values())} tracking " \
+           "records undelivered" in text
+    waiting = {i: n for i, n in counts.items() if n}
+    assert f"tracking: {sum(counts.values())} records of {len(waiting)} trials are NOT delivered to {server.uri}" \
+        in text
+    assert all(f"  {i}: {n}\n" in text for i, n in waiting.items())
+    assert f"deliver them with:\n  emorl sync {output}\n" in text and "or run the same command again" in text
+    assert json.loads((output / "sweep.json").read_text())["tracking_undelivered"] == sum(counts.values())
+
+    assert main(["sync", str(output)]) == 3  # in this process: a CLI subprocess would take seconds to start
+    assert f"total: 0 records delivered, {sum(counts.values())} left, in 2 run folders" in capsys.readouterr().out
+
+    server.start()  # the same port and database
+    client = MlflowClient(server.uri)
+    assert any(r.info.status == "RUNNING" for r in client.search_runs(
+        [client.get_experiment_by_name(name).experiment_id])), "the outage left no run incomplete"
+    second = Driver(processes, tmp_path, spec, *args)
+    assert second.wait() == 0, second.text()[-3000:]
+    text = second.text()
+    assert "all 2 trials already finished; nothing to run" in text
+    delivered = ", ".join(f"{i} ({n})" for i, n in waiting.items())
+    assert f"tracking: delivered {sum(counts.values())} records kept in the spools of {len(waiting)} trials: " \
+           f"{delivered}" in text
+    assert "NOT delivered" not in text and f"browse with:   open {server.uri} in a browser" in text
+    experiment_id = client.get_experiment_by_name(name).experiment_id
+    runs = client.search_runs([experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("emorl.sweep_role") == "parent"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert parent.info.status == "FINISHED"
+    assert sorted(c.data.tags["emorl.sweep_trial"] for c in children) == ids
+    for child in children:
+        assert child.info.status == "FINISHED" and child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        history = client.get_metric_history(child.info.run_id, "train/loss")
+        assert sorted(m.step for m in history) == list(range(LOG_EVERY, steps + 1, LOG_EVERY))  # steps/LOG_EVERY
+    for folder in folders.values():
+        assert undelivered(folder) == 0 and status.read_status(folder)["undelivered"] == 0
+        assert len(status.read_attempts(folder)) == 1  # delivered, not trained again
+
+    assert main(["sync", str(output)]) == 0
+    again = capsys.readouterr().out
+    assert "total: 0 records delivered, 0 left, in 2 run folders" in again
+    assert f"look at it: open {server.uri} in a browser" in again
 
 
 def test_the_shipped_quickstart_runs_as_make_demo_does(tmp_path, ray_dir, processes):

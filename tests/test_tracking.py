@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from emorl.config import compose
 from emorl.engine.train import TrainingHooks, Trainer
-from emorl.tracking import MLflowTracker, sync
+from emorl.tracking import MLflowTracker, end_abandoned_run, sync, undelivered
 
 
 def free_port() -> int:
@@ -104,6 +104,62 @@ def test_unreachable_store_keeps_everything_and_sync_delivers_it(tmp_path, capsy
     (run,) = client.search_runs([client.get_experiment_by_name("exp").experiment_id])
     assert run.info.status == "FINISHED" and run.data.params == {"a": "1", "b": "[1, 2]"}
     assert [m.value for m in client.get_metric_history(run.info.run_id, "train/loss")] == [9.0, 8.0, 7.0]
+
+
+def test_sync_delivers_every_run_under_a_folder_and_says_what_is_left(tmp_path, capsys):
+    """`emorl sync` over a sweep-like folder: exit 3 while the store is unreachable, then every run
+    delivered with a line each and a total; a folder without a spool is an error (exit 2)."""
+    from emorl.cli import main
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    for seed in (0, 1):
+        tracker = MLflowTracker(dead, tmp_path / "sweep" / f"seed{seed}", retry_after_s=0.0, quiet=True)
+        tracker.start("exp", f"seed{seed}")
+        tracker.log_metrics({"train/loss": 1.0}, 1)
+        tracker.finish("FINISHED")
+    assert main(["sync", str(tmp_path / "sweep")]) == 3
+    out = capsys.readouterr()
+    assert "total: 0 records delivered, 6 left, in 2 run folders" in out.out and "emorl sync" in out.err
+    assert f"{tmp_path / 'sweep' / 'seed0'}: run not created yet, 0 of 3 pending records delivered, 3 left (" \
+        in out.out
+
+    store = os.environ["MLFLOW_TRACKING_URI"]  # the store is back (here: the test's own sqlite store)
+    assert main(["sync", str(tmp_path / "sweep"), "--uri", store]) == 0
+    out = capsys.readouterr().out
+    assert out.count(": run ") == 2 and "3 of 3 pending records delivered" in out
+    assert "total: 6 records delivered, 0 left, in 2 run folders" in out
+    assert f"look at it: mlflow ui --backend-store-uri {store}" in out
+    client = MlflowClient(tracking_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name("exp").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["seed0", "seed1"] and {r.info.status for r in runs} == {"FINISHED"}
+
+    (tmp_path / "empty").mkdir()
+    assert main(["sync", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert "no tracking spool here or below" in err and "run None" not in err
+
+
+def test_a_run_abandoned_by_its_process_is_ended_killed_and_a_resume_reopens_it(tmp_path):
+    """What the sweep driver does for a trial Ray stopped: the end record its trainer could not write,
+    appended to its spool and delivered (KILLED); a resumed trainer's tracker reopens the same run."""
+    store = os.environ["MLFLOW_TRACKING_URI"]  # the test's sqlite store
+    tracker = MLflowTracker(store, tmp_path / "run").start("exp", "trial")
+    tracker.log_metrics({"train/loss": 2.0}, 2)
+    tracker.flush(force=True)
+    client = MlflowClient(tracking_uri=store)
+    assert client.get_run(tracker.run_id).info.status == "RUNNING"  # its process dies here
+
+    result = end_abandoned_run(tmp_path / "run")
+    assert (result.ended, result.delivered, result.left) == ("KILLED", 1, 0)
+    assert client.get_run(tracker.run_id).info.status == "KILLED"
+    assert end_abandoned_run(tmp_path / "run").ended is None  # once only
+
+    resumed = MLflowTracker(store, tmp_path / "run").start("exp", "trial")
+    assert resumed.run_id == tracker.run_id and client.get_run(tracker.run_id).info.status == "RUNNING"
+    resumed.log_metrics({"train/loss": 1.0}, 4)
+    resumed.finish("FINISHED")
+    assert client.get_run(tracker.run_id).info.status == "FINISHED" and undelivered(tmp_path / "run") == 0
+    assert [m.step for m in client.get_metric_history(tracker.run_id, "train/loss")] == [2, 4]
 
 
 @pytest.mark.slow

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from emorl.errors import ConfigError
+from emorl.tracking import UNDELIVERED_EXIT_CODE
 
 
 def _train(args: argparse.Namespace) -> int:
     from emorl.config import compose, default_tracking_uri
     from emorl.engine.train import train
-    from emorl.tracking import browse_command
+    from emorl.tracking import tracking_note, undelivered
 
     cfg = compose(args.overrides)
     if args.print_config:
@@ -23,7 +25,9 @@ def _train(args: argparse.Namespace) -> int:
     print("final evaluation: " + ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()))
     if cfg.tracking.backend != "none":
         uri = cfg.tracking.uri or default_tracking_uri()
-        print(f"tracked in MLflow ({uri}), run {result.run_id}; to look at it: {browse_command(uri)}")
+        print(tracking_note(uri, result.output_dir, result.run_id))
+        if undelivered(result.output_dir):
+            return UNDELIVERED_EXIT_CODE
     return 0
 
 
@@ -54,10 +58,22 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from emorl.tracking import sync
+    from emorl.tracking import browse_command, deliver, spooled_run_dirs
 
-    delivered = sync(args.run_dir, args.uri)
-    print(f"delivered {delivered} pending tracking records" if delivered else "nothing was pending")
+    results = [deliver(folder, args.uri) for folder in spooled_run_dirs(args.run_dir)]
+    for result in results:
+        where = f"run {result.run_id}" if result.run_id else "run not created yet"
+        line = f"{result.run_dir}: {where}, {result.delivered} of {result.pending} pending records delivered"
+        print(line + (f", {result.left} left ({result.failure})" if result.left else ""))
+    left = sum(r.left for r in results)
+    print(f"total: {sum(r.delivered for r in results)} records delivered, {left} left, in {len(results)} "
+          f"run folder{'s' if len(results) != 1 else ''}")
+    if left:
+        print(f"the tracking store did not take every record; when it is reachable, run again: emorl sync "
+              f"{args.run_dir}", file=sys.stderr)
+        return UNDELIVERED_EXIT_CODE
+    for uri in sorted({r.uri for r in results}):
+        print(f"look at it: {browse_command(uri)}")
     return 0
 
 
@@ -97,7 +113,12 @@ def register(subparsers) -> None:
     evaluate.add_argument("--no-tracking", action="store_true", help="print only")
     evaluate.set_defaults(func=_evaluate)
 
-    sync = subparsers.add_parser("sync", help="deliver tracking records kept while the server was unreachable")
-    sync.add_argument("run_dir", help="the run folder (holds tracking/spool.jsonl)")
+    sync = subparsers.add_parser(
+        "sync", help="deliver tracking records kept while the server was unreachable",
+        description="Deliver the tracking records kept in the spool of a run folder, or of every run under a "
+                    f"sweep folder. Exit codes: 0 everything delivered, 2 no spool there, {UNDELIVERED_EXIT_CODE} "
+                    "records left undelivered (the store is still unreachable: run it again later).")
+    sync.add_argument("run_dir", help="a run folder (holds tracking/spool.jsonl), or a sweep folder: every run "
+                                      "under it")
     sync.add_argument("--uri", default=None, help="tracking URI (default: the one the run used)")
     sync.set_defaults(func=_sync)

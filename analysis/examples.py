@@ -19,16 +19,18 @@ from pathlib import Path
 
 import numpy as np
 
+from emorl import vocabulary
+
 SYNTHETIC_NOTE = "SYNTHETIC DATA: example runs made up by analysis/examples.py, not results"
 
 
 def emorl_tags(experiment: str, variant: str, seed: int, model: str = "efficient_morl", dataset: str | None = None,
                sweep: str | None = None, **extra: str) -> dict[str, str]:
-    """The tags the trainer sets on a run (``emorl.*``)."""
-    tags = {"emorl.experiment": experiment, "emorl.variant": variant, "emorl.seed": str(seed),
-            "emorl.model": model, "emorl.dataset": dataset or experiment}
+    """The tags the trainer sets on a run (``emorl.*``, :mod:`emorl.vocabulary`)."""
+    tags = {vocabulary.RUN_KIND: "training", vocabulary.EXPERIMENT: experiment, vocabulary.VARIANT: variant,
+            vocabulary.SEED: str(seed), vocabulary.MODEL: model, vocabulary.DATASET: dataset or experiment}
     if sweep:
-        tags["emorl.sweep"] = sweep
+        tags[vocabulary.SWEEP] = sweep
     tags.update({k: str(v) for k, v in extra.items()})
     return tags
 

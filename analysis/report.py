@@ -232,20 +232,6 @@ def log_report(folder: Path, selection: RunSelection, runs: pd.DataFrame, tracki
     return run_id
 
 
-def _evaluation_sweep_hint(selection: RunSelection, tracking_uri: str) -> str:
-    """When the sweep asked for is an evaluation sweep: where its metrics went."""
-    if not selection.sweep:
-        return ""
-    client = tracking_client(tracking_uri)
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    found = client.search_runs(experiments, f"tags.`emorl.sweep` = '{selection.sweep}' and "
-                               "tags.`emorl.sweep_kind` = 'evaluation'", max_results=1)
-    if not found:
-        return ""
-    return (f". Sweep {selection.sweep!r} is an evaluation sweep: its metrics were logged into the runs it "
-            f"evaluated; report the sweep that trained them (e.g. emorl report --sweep table1)")
-
-
 def build_report(selection: RunSelection, tracking_uri: str | None = None, folder: str | Path | None = None,
                  collapse_ari: float = COLLAPSE_ARI, checkpoint_figures: bool = True,
                  data_path: str | Path | None = None, traversal_images: int = 100,
@@ -256,8 +242,7 @@ def build_report(selection: RunSelection, tracking_uri: str | None = None, folde
     runs = collect_runs(selection, tracking_uri)
     if runs.empty:
         raise EmorlError(f"no runs match {selection.describe()} in {tracking_uri}; check the sweep name or filters "
-                         "(tags: emorl.sweep, emorl.experiment, emorl.variant, ...) or pass --tracking-uri"
-                         + _evaluation_sweep_hint(selection, tracking_uri))
+                         "(tags: emorl.sweep, emorl.experiment, emorl.variant, ...) or pass --tracking-uri")
     runs = flag_runs(runs, _table_metrics(runs), collapse_ari)
     folder = prepare_folder(Path(folder) if folder else default_folder(selection))
     runs.to_csv(folder / "runs.csv", index=False)

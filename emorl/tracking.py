@@ -231,27 +231,28 @@ class MLflowTracker(Tracker):
             index += consumed
 
     def _create_run(self, client, record: dict) -> str:
-        experiment = client.get_experiment_by_name(record["experiment"])
-        if experiment is None:
-            experiment_id = ensure_experiment(client, record["experiment"], record.get("artifact_root"))
-        else:
-            experiment_id = experiment.experiment_id
+        experiment_id = ensure_experiment(client, record["experiment"], record.get("artifact_root"))
         run = client.create_run(experiment_id, run_name=record.get("run_name"), tags=record.get("tags") or {})
         return run.info.run_id
 
 
 def ensure_experiment(client, name: str, artifact_root: str | None = None) -> str:
-    """Get or create an MLflow experiment; tolerates a concurrent creation by another process."""
+    """Get or create an MLflow experiment of the model-training kind (MLflow's UI then opens it on
+    its runs table, not on the GenAI views); tolerates a concurrent creation by another process."""
+    from emorl.vocabulary import EXPERIMENT_KIND, TRAINING_EXPERIMENT_KIND
+
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_root)
-    except Exception:
+    if experiment is None:
+        try:
+            client.create_experiment(name, artifact_location=artifact_root,
+                                     tags={EXPERIMENT_KIND: TRAINING_EXPERIMENT_KIND})
+        except Exception:
+            if client.get_experiment_by_name(name) is None:
+                raise
         experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+    if EXPERIMENT_KIND not in experiment.tags:  # made before emorl set the kind, or by someone else
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, TRAINING_EXPERIMENT_KIND)
+    return experiment.experiment_id
 
 
 def default_artifact_root(uri: str) -> str | None:
@@ -360,8 +361,9 @@ def browse_command(uri: str) -> str:
 
 
 def _param_value(value: Any) -> str:
-    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-    return text[:MAX_PARAM_LENGTH]
+    from emorl.vocabulary import param_value
+
+    return param_value(value)[:MAX_PARAM_LENGTH]
 
 
 def _jsonable(value: Any):

@@ -101,11 +101,12 @@ def test_report_run_when_there_is_no_parent_and_clear_errors(tmp_path, capsys):
     assert "say which runs to report" in capsys.readouterr().err
     assert main(["report", "--sweep", "nothing", "--tracking-uri", uri, "--no-log"]) == 2
     assert "no runs match sweep=nothing" in capsys.readouterr().err
-    log_run(client, experiment, tags={"emorl.sweep": "fig7", "emorl.sweep_role": "parent",
-                                      "emorl.sweep_kind": "evaluation"})
-    assert main(["report", "--sweep", "fig7", "--tracking-uri", uri]) == 2
-    assert "'fig7' is an evaluation sweep: its metrics were logged into the runs it evaluated" in \
-        capsys.readouterr().err
+    # An evaluation sweep's runs are runs of their own; selecting the sweep reports the runs they evaluated.
+    trained = collect_runs(RunSelection(experiment="plain"), uri)["run_id"].iloc[0]
+    log_run(client, experiment, tags={"emorl.sweep": "fig7", "emorl.run_kind": "evaluation",
+                                      "emorl.evaluation_of": trained}, metrics={"eval/more/I1/fg_ari": 0.5})
+    chosen = collect_runs(RunSelection(sweep="fig7"), uri)
+    assert list(chosen["run_id"]) == [trained] and chosen["eval/more/I1/fg_ari"].iloc[0] == 0.5
     assert main(["report", "--tag", "variant", "--tracking-uri", uri]) == 2
     assert "expected key=value" in capsys.readouterr().err
     (out / "figures").mkdir(exist_ok=True)

@@ -302,9 +302,10 @@ def test_evaluating_a_checkpoint_tracked_elsewhere_logs_a_new_run_and_writes_bes
     printed = capsys.readouterr().out
     assert f"the trained run {result.run_id} is not in the tracking store {other}" in printed
     assert list((tmp_path / "shared" / "evaluation").glob("*/metrics.json"))  # beside the checkpoint
-    runs = MlflowClient(other).search_runs(MlflowClient(other).get_experiment_by_name("emorl").experiment_id
-                                           if MlflowClient(other).get_experiment_by_name("emorl") else ["0"])
+    client = MlflowClient(other)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [r.data.tags["emorl.evaluation_of"] for r in runs] == [result.run_id]
+    assert "mlflow.parentRunId" not in runs[0].data.tags  # its training run is in another store
     run_evaluation(result.checkpoint, num_images=4, batch_size=4, no_tracking=True)  # a run's own checkpoint
     assert list((tmp_path / "run" / "evaluation").glob("*/metrics.json"))
 

@@ -150,7 +150,7 @@ def assert_tracked(name: str, output: Path, ids: list[str], steps: int = STEPS, 
         assert tags["mlflow.parentRunId"] == parent.info.run_id
         assert tags["emorl.sweep"] == name
         assert f"smoke/{tags['emorl.variant']}/seed{tags['emorl.seed']}" == trial_id
-        assert tags["emorl.git_commit"] and len(tags["emorl.config_hash"]) == 12
+        assert tags["mlflow.source.git.commit"] and len(tags["emorl.setting_id"]) == 12
         assert tags["emorl.output_dir"] == str(output / trial_id)
         assert child.data.params["trainer.max_steps"] == str(steps)
         history = client.get_metric_history(child.info.run_id, "train/loss")

@@ -211,8 +211,21 @@ def test_tracking_records_params_metrics_tags_and_artifacts(tmp_path, smoke_data
     assert run.info.status == "FINISHED" and run.info.run_name == "smoke/ablation_x/seed5"
     tags = run.data.tags
     assert tags["emorl.experiment"] == "smoke" and tags["emorl.variant"] == "ablation_x" and tags["emorl.seed"] == "5"
-    assert len(tags["emorl.config_hash"]) == 12 and len(tags["emorl.dataset_hash"]) == 16
-    assert tags["emorl.git_commit"]
+    assert len(tags["emorl.dataset_hash"]) == 16 and tags["emorl.run_kind"] == "training"
+    # MLflow's own columns: user, source, commit, description; the setting's id without the seed
+    assert tags["mlflow.user"] and tags["mlflow.source.name"] == "emorl train"
+    assert len(tags["mlflow.source.git.commit"]) == 40
+    assert "smoke" in tags["mlflow.note.content"] and "seed 5" in tags["mlflow.note.content"]
+    from emorl.config import flatten
+    from emorl.engine import checkpoint as ckpt_module
+    from emorl.vocabulary import setting_id
+
+    config = ckpt_module.load(result.checkpoint)["config"]
+    assert tags["emorl.setting_id"] == setting_id(flatten(config)) == setting_id(run.data.params)
+    assert tags["emorl.setting_id"] == setting_id(flatten({**config, "seed": 6, "tracking": {}}))
+    assert tags["emorl.setting_id"] != setting_id(flatten({**config, "optim": {**config["optim"], "lr": 1e-3}}))
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs
     assert run.data.params["model.latent_dim"] == "8" and run.data.params["optim.lr"] == "0.0004"
     history = client.get_metric_history(result.run_id, "train/loss")
     assert [m.step for m in history] == [2, 4]

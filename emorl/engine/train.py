@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from emorl import config as config_module
+from emorl import vocabulary
 from emorl.data.hdf5 import MultiObjectDataset
 from emorl.engine import checkpoint as ckpt
 from emorl.engine.data import (DeviceBatches, dataset_file, eval_loader, file_fingerprint, train_loader,
@@ -213,14 +214,12 @@ class Trainer:
         uri = tracking.uri or config_module.default_tracking_uri()
         name = f"{self.cfg.name}/{self.cfg.variant}/seed{self.cfg.seed}"
         tags = {
-            "emorl.experiment": self.cfg.name, "emorl.variant": self.cfg.variant, "emorl.seed": self.cfg.seed,
-            "emorl.model": self.container["model"].get("name", "efficient_morl"), "emorl.dataset": self.cfg.data.name,
-            "emorl.git_commit": git_commit(), "emorl.config_hash": config_module.config_hash(self.container),
-            "emorl.dataset_file": str(self.data_path), "emorl.dataset_hash": file_fingerprint(self.data_path),
-            "emorl.output_dir": str(self.output_dir), **dict(tracking.tags),
+            **vocabulary.run_tags(self.container, git_commit()),
+            vocabulary.DATASET_FILE: str(self.data_path), vocabulary.DATASET_HASH: file_fingerprint(self.data_path),
+            vocabulary.OUTPUT_DIR: str(self.output_dir), **dict(tracking.tags),
         }
         if self.geco_warning:
-            tags["emorl.geco_warning"] = self.geco_warning
+            tags[vocabulary.GECO_WARNING] = self.geco_warning
         tracker = MLflowTracker(uri, self.output_dir, flush_every_s=tracking.flush_every_s)
         fresh = not tracker.state.get("started")
         tracker.start(tracking.experiment, tracking.run_name or name, tags, tracking.parent_run_id,
@@ -270,7 +269,7 @@ class Trainer:
                    "Resuming is exact, so the same command would stop here again: run it again with a lower "
                    f"learning rate added (e.g. {lower}; allowed on resume, it continues from the checkpoint with "
                    "it), or check the data.")
-        self.tracker.set_tags({"emorl.failure": message[:5000]})
+        self.tracker.set_tags({vocabulary.FAILURE: message[:5000]})
         raise TrainingError(message)
 
     def _evaluate(self) -> dict[str, float]:
@@ -330,7 +329,7 @@ class Trainer:
                                self.tracker.run_id or ckpt.load(self.checkpoint_path).get("tracking_run_id"))
         self._start_tracking()
         if self.resumed_with:
-            self.tracker.set_tags({"emorl.resumed_with": "; ".join(
+            self.tracker.set_tags({vocabulary.RESUMED_WITH: "; ".join(
                 f"{k}: {a} -> {b} at step {self.step}" for k, (a, b) in self.resumed_with.items())})
         trainer = self.cfg.trainer
         data = self.cfg.data

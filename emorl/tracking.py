@@ -43,6 +43,9 @@ class Tracker:
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
 
+    def log_image(self, path: str | Path, key: str, step: int) -> None:
+        """An image file as MLflow's image of ``key`` at ``step`` (its UI shows a step slider)."""
+
     def flush(self, force: bool = False) -> bool:
         """Try to deliver what is pending; True when nothing is left."""
         return True
@@ -144,6 +147,10 @@ class MLflowTracker(Tracker):
         self._append({"op": "artifact", "path": str(Path(path).resolve()), "artifact_path": artifact_path})
         self.flush()
 
+    def log_image(self, path: str | Path, key: str, step: int) -> None:
+        self._append({"op": "image", "path": str(Path(path).resolve()), "key": key, "step": int(step)})
+        self.flush()
+
     def finish(self, status: str = "FINISHED") -> None:
         self._append({"op": "end", "status": status})
         if not self.flush(force=True) and not self.quiet:
@@ -224,6 +231,12 @@ class MLflowTracker(Tracker):
             elif op == "artifact":
                 if Path(record["path"]).exists():
                     client.log_artifact(self.run_id, record["path"], record["artifact_path"])
+            elif op == "image":
+                if Path(record["path"]).exists():
+                    from PIL import Image
+
+                    with Image.open(record["path"]) as image:
+                        client.log_image(self.run_id, image.convert("RGB"), key=record["key"], step=record["step"])
             elif op == "end":
                 client.set_terminated(self.run_id, status=record["status"])
             self.state["delivered"] = records[index + consumed - 1]["seq"]

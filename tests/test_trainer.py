@@ -233,7 +233,11 @@ def test_tracking_records_params_metrics_tags_and_artifacts(tmp_path, smoke_data
                 "train/refine_steps", "train/steps_per_sec", "test/fg_ari", "test/mse", "test/kl"):
         assert key in run.data.metrics, key
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
-    assert {"config.yaml", "figures", "checkpoints"} <= artifacts
+    assert {"config.yaml", "images", "checkpoints"} <= artifacts
+    images = [a.path for a in client.list_artifacts(result.run_id, "images") if a.path.endswith(".png")]
+    evaluated = sorted(m.step for m in client.get_metric_history(result.run_id, "test/fg_ari"))
+    assert sorted(int(p.split("+step+")[1].split("+")[0]) for p in images) == evaluated  # log_image per step
+    assert all(p.startswith("images/decomposition+") for p in images)
     assert mlflow.search_runs(search_all_experiments=True).shape[0] == 1
 
 

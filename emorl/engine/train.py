@@ -45,6 +45,7 @@ from emorl.tracking import MLflowTracker, Tracker, default_artifact_root
 # optim.lr: to continue a run stopped by a non-finite loss with a lower learning rate (the
 # change is printed and tagged on the run, emorl.resumed_with).
 RESUMABLE_CHANGES = ("trainer.", "tracking.", "data.num_workers", "data.path", "data.on_device", "optim.lr")
+DECOMPOSITION_IMAGE = "decomposition"  # the MLflow image key of the evaluations' decomposition figures
 LOCK_FILE = ".emorl.lock"  # in the run folder, held while a process trains it (emorl.locking)
 __all__ = ["Trainer", "TrainingHooks", "TrainResult", "compute_gradients", "train"]
 
@@ -288,7 +289,7 @@ class Trainer:
             path = decomposition_figure(s["images"], s["reconstruction"], s["masks"], s["components"],
                                         self.output_dir / "figures" / f"step{self.step:07d}.png",
                                         title=f"{cfg.name} {cfg.variant} seed {cfg.seed}, step {self.step}")
-            self.tracker.log_artifact(path, "figures")
+            self.tracker.log_image(path, DECOMPOSITION_IMAGE, self.step)
         self.last_eval = metrics
         self.hooks.on_evaluation(self.step, metrics)
         return metrics

@@ -16,6 +16,7 @@ one, else into a new run tagged ``emorl.report`` (which later collections leave 
 
 from __future__ import annotations
 
+import base64
 import html
 import re
 import shutil
@@ -175,6 +176,12 @@ def _readme(selection, tracking_uri, runs, tables, made, skipped, folder: Path, 
     return "\n".join(text) + "\n"
 
 
+def embedded_png(path: Path) -> str:
+    """A PNG as a data URI: the HTML holds its images, so it renders wherever it is opened (MLflow's
+    artifact viewer, a browser on a copy of the file)."""
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
 def _index_html(selection, readme_head: str, runs, tables, made, skipped, folder: Path) -> str:
     parts = [f"<h1>emorl report: {html.escape(selection.describe())}</h1>", f"<p>{html.escape(readme_head)}</p>",
              "<h2>Groups (every key but the seed)</h2>", _groups_frame(runs).to_html(index=False, border=0),
@@ -195,7 +202,7 @@ def _index_html(selection, readme_head: str, runs, tables, made, skipped, folder
         links = " | ".join(f'<a href="{p.relative_to(folder).as_posix()}">{p.suffix[1:].upper()}</a>'
                            for p in figure.paths)
         png = next(p for p in figure.paths if p.suffix == ".png")
-        parts.append(f'<figure><img src="{png.relative_to(folder).as_posix()}" alt="{html.escape(figure.name)}">'
+        parts.append(f'<figure><img src="{embedded_png(png)}" alt="{html.escape(figure.name)}">'
                      f"<figcaption>{html.escape(figure.caption or figure.name)} ({links})</figcaption></figure>")
     if skipped:
         parts.append("<h3>Not drawn</h3><ul>" + "".join(f"<li>{html.escape(n)}: {html.escape(r)}</li>"

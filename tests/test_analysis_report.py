@@ -50,9 +50,12 @@ def test_emorl_report_writes_the_folder_and_logs_it_to_the_parent_run(trained, t
                  "figures/fig9_activeness.png", f"figures/runs/decomposition_{run_id[:8]}.png",
                  f"figures/runs/traversal_{run_id[:8]}.png", f"figures/runs/traversal_{run_id[:8]}.pdf"):
         assert (out / name).stat().st_size > 500, name
-    page = (out / "index.html").read_text()
+    page = (out / "index.html").read_text()  # self-contained: every image embedded, none linked
+    import base64
+
     for png in out.rglob("*.png"):
-        assert f'src="{png.relative_to(out).as_posix()}"' in page
+        assert f'src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}"' in page, png
+    assert '<img src="figures/' not in page
     readme = (out / "README.md").read_text()
     assert "1 runs (1 FINISHED); 1 flagged as failed" in readme
     assert "collapsed: test/fg_ari = " in readme

@@ -176,19 +176,15 @@ def check_sources(plan: Plan, trials: list[Trial]) -> dict[str, dict]:
 def check_resumable(trials: list[Trial]) -> None:
     """A trial folder that already holds a run must hold one with these settings (the trainer would
     refuse to resume it, on every retry): say so before anything starts."""
-    from emorl import config as config_module
     from emorl.engine import checkpoint as ckpt
-    from emorl.engine.train import RESUMABLE_CHANGES
+    from emorl.engine.train import changed_settings
 
     problems = []
     for trial in trials:
         checkpoint = trial.output_dir / "checkpoints" / "last.pt"
         if trial.kind != "train" or not checkpoint.exists():
             continue
-        old = config_module.flatten(ckpt.load(checkpoint)["config"])
-        new = config_module.flatten(trial.config)
-        changed = sorted(k for k in set(old) | set(new)
-                         if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES))
+        changed = changed_settings(ckpt.load(checkpoint)["config"], trial.config)
         if changed:
             problems.append(f"{trial.id}: {', '.join(changed[:6])}{' ...' if len(changed) > 6 else ''}")
     if problems:

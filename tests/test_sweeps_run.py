@@ -372,9 +372,11 @@ def test_failed_trials_are_listed_with_the_reason_and_the_retry_command(tmp_path
     assert [c.data.tags["emorl.sweep_trial"] for c in children] == ["smoke/good/seed0"]
 
 
-def test_evaluation_sweep_logs_test_time_refinement_into_the_training_runs(tmp_path, ray_dir, processes):
+def test_evaluation_sweep_makes_one_evaluation_run_per_trial_and_leaves_the_training_runs_alone(
+        tmp_path, ray_dir, processes):
     """A training sweep, then an evaluation-only sweep over its checkpoints: test-time I in {0, 2} on the
-    training data at K = 4 (as trained) and K = 6; the metrics land in the training run."""
+    training data at K = 4 (as trained) and K = 6; each evaluation is a run of its own, a child of the
+    evaluation sweep's parent run, linked to the training run; the finished training run is untouched."""
     source, output = tmp_path / "source", tmp_path / "evaluation"
     train_spec = write_spec(tmp_path, "evalsource", [0])
     assert Driver(processes, tmp_path, train_spec, "--output", str(source), "--ray-temp-dir", ray_dir,
@@ -392,11 +394,19 @@ def test_evaluation_sweep_logs_test_time_refinement_into_the_training_runs(tmp_p
         assert state["state"] == "finished" and state["checkpoint"] == str(
             source / "smoke/default/seed0/checkpoints/last.pt")
     parents, children = tracked_runs("evalsource")
-    assert sorted(p.data.tags["emorl.sweep"] for p in parents) == ["evalsource", "tinyeval"]
-    (run,) = children  # the evaluation wrote into the training run, no run of its own
-    logged = {k for k in run.data.metrics if k.startswith("eval/")}
+    by_sweep = {p.data.tags["emorl.sweep"]: p for p in parents}
+    assert sorted(by_sweep) == ["evalsource", "tinyeval"]
+    (trained,) = [c for c in children if c.data.tags["mlflow.parentRunId"] == by_sweep["evalsource"].info.run_id]
+    evaluations = [c for c in children if c.data.tags["mlflow.parentRunId"] == by_sweep["tinyeval"].info.run_id]
+    assert not any(k.startswith("eval/") for k in trained.data.metrics)  # the finished run is not written into
+    assert sorted(e.data.tags["emorl.sweep_trial"] for e in evaluations) == ["smoke/default/seed0/test",
+                                                                             "smoke/default/seed0/test_K6"]
+    assert all(e.data.tags["emorl.evaluation_of"] == trained.info.run_id and e.info.status == "FINISHED"
+               and e.data.tags["emorl.run_kind"] == "evaluation" for e in evaluations)
+    logged = {k for e in evaluations for k in e.data.metrics if k.startswith("eval/")}
     assert logged == {f"eval/tetrominoes{k}/I{i}/{m}" for k in ("", "_K6") for i in (0, 2)
                       for m in ("fg_ari", "mse", "kl", "nll")}
+    assert by_sweep["tinyeval"].info.status == "FINISHED"
     again = Driver(processes, tmp_path, spec, *args)
     assert again.wait() == 0 and "all 2 trials already finished; nothing to run" in again.text()
 

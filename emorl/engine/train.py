@@ -103,7 +103,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _changed_keys(saved: dict, current: dict) -> list[str]:
+def changed_settings(saved: dict, current: dict) -> list[str]:
+    """The keys of two configs that differ, except those a resume may change (RESUMABLE_CHANGES)."""
     old, new = config_module.flatten(saved), config_module.flatten(current)
     keys = set(old) | set(new)
     return sorted(k for k in keys if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES))
@@ -190,7 +191,7 @@ class Trainer:
                 raise EmorlError(f"trainer.resume={resume}: no such checkpoint")
             return False
         state = ckpt.load(path, map_location=self.device, purpose="resume")
-        changed = _changed_keys(state["config"], self.container)
+        changed = changed_settings(state["config"], self.container)
         if changed:
             raise EmorlError(f"cannot resume {path}: the configuration differs in {changed}; "
                              "use the same settings, or another trainer.output_dir for a new run")

@@ -160,3 +160,10 @@ def setting_groups(runs: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
         return []
     keys = list(GROUP_KEYS)
     return [(dict(zip(keys, values)), frame) for values, frame in runs.groupby(keys, dropna=False, sort=True)]
+
+
+def setting_params(experiment: str, changes: Mapping[str, object] | None = None) -> dict[str, str]:
+    """The defining parameters of a paper setting (names without ``params.``), with ``changes``: what
+    a run of it logs for :data:`DEFINING_KEYS` (for examples and tests that log runs by hand)."""
+    values = {k: v for k, v in EXPERIMENT_SETTINGS[experiment].items() if k not in ("experiment", "model", "dataset")}
+    return {**values, **{k: str(v) for k, v in (changes or {}).items()}}

@@ -300,7 +300,8 @@ def build_report(selection: RunSelection, tracking_uri: str | None = None, folde
         made, skipped = made + more, {**skipped, **why}
     readme = _readme(selection, tracking_uri, runs, tables, other, made, skipped, folder, collapse_ari)
     (folder / "README.md").write_text(readme)
-    head = f"Tracking store: {tracking_uri}. {_summary_line(runs, collapse_ari)} {placement_summary(other['placement'])}"
+    head = (f"Tracking store: {tracking_uri}. {_summary_line(runs, collapse_ari)} "
+            f"{placement_summary(other['placement'])}")
     (folder / "index.html").write_text(_index_html(selection, head, runs, tables, other, made, skipped, folder))
     logged_to = log_report(folder, selection, runs, tracking_uri) if log else None
     return ReportResult(folder, logged_to, runs, made, skipped)

@@ -118,7 +118,8 @@ def _table1_setting(model: str | None, dataset: str) -> Setting | None:
 
 
 TABLE1 = TableSpec("1", "Multi-object benchmark: foreground ARI", (ARI,), tuple(
-    Row(label, dataset, _table1_setting(model, dataset)) for dataset in DATASET_NAMES for label, model in _TABLE1_MODELS))
+    Row(label, dataset, _table1_setting(model, dataset))
+    for dataset in DATASET_NAMES for label, model in _TABLE1_MODELS))
 
 # Table 2: CLEVR6 at 50K steps (Appendix D) and Tetrominoes at the paper's 200K, each row the setting
 # with its switches; the Tetrominoes prior rows keep the experiment's GECO (either way).

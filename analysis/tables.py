@@ -573,7 +573,8 @@ def placement_summary(placed: pd.DataFrame) -> str:
 
     return (f"{int(placed['runs'].sum())} runs in {len(placed)} groups (same setting but the seed): "
             f"{count(PAPER_ROWS)} fill rows of the paper's tables, {count(OTHER_SETTINGS)} are in "
-            f"\"Other settings\", {count(NO_TABLE)} in no table (the reason is given below).")
+            f"\"Other settings\", {count(NO_TABLE)} in no table"
+            + (" (each with the reason, below)." if (placed["destination"] == NO_TABLE).any() else "."))
 
 
 def other_settings_frame(runs: pd.DataFrame, specs: tuple[TableSpec, ...] = TABLES) -> pd.DataFrame:

@@ -92,7 +92,7 @@ def test_smoke_runs_go_to_other_settings_and_a_paper_run_fills_its_row(quickstar
     written = write_other_settings(runs, tmp_path)
     assert written["markdown"].startswith(
         "### Where the runs went\n\n7 runs in 4 groups (same setting but the seed): 1 runs (1 groups) fill rows of "
-        "the paper's tables, 4 runs (2 groups) are in \"Other settings\", 2 runs (1 groups) in no table")
+        "the paper's tables, 4 runs (2 groups) are in \"Other settings\", 2 runs (1 groups) in no table (each")
     assert "- clevr6 / L4 (efficient_morl, clevr6, sweep fig8, 2 runs): no finite value" in written["markdown"]
     assert (tmp_path / "placement.csv").read_text().count("\n") == 1 + 4
 

@@ -208,18 +208,33 @@ def _runs_evaluated_by(client, runs: list) -> list:
     return found
 
 
+def _trial_runs(client, runs: list) -> list:
+    """The runs that are trials: not sweep parents, evaluation or report runs, nor runs of a replaced attempt."""
+    parents = {r.data.tags.get(PARENT_TAG) for r in runs if EVALUATION_TAG not in r.data.tags}
+    replaced = _replaced_parents(client, parents - {None})
+    return [r for r in runs if r.info.run_id not in parents and r.data.tags.get(SWEEP_ROLE_TAG) != "parent"
+            and EVALUATION_TAG not in r.data.tags and REPORT_TAG not in r.data.tags
+            and r.data.tags.get(PARENT_TAG) not in replaced]
+
+
+def store_sweeps(tracking_uri: str | None = None) -> tuple[dict[str, int], int]:
+    """({sweep name: its trial runs}, all trial runs) of a store, sweeps by name: what ``--sweep`` can select."""
+    client = tracking_client(tracking_uri)
+    trials = _trial_runs(client, _search(client, _experiment_ids(client, None), ""))
+    counts: dict[str, int] = {}
+    for run in trials:
+        if run.data.tags.get(TAG_COLUMNS["sweep"]):
+            counts[run.data.tags[TAG_COLUMNS["sweep"]]] = counts.get(run.data.tags[TAG_COLUMNS["sweep"]], 0) + 1
+    return dict(sorted(counts.items())), len(trials)
+
+
 def collect_runs(selection: RunSelection, tracking_uri: str | None = None) -> pd.DataFrame:
     """The runs of ``selection`` as a tidy table (see the module docstring); sorted by
     experiment, variant, model, dataset, seed. An empty selection gives an empty table with
     the identity columns."""
     client = tracking_client(tracking_uri)
     runs = _fetch_runs(client, selection)
-    runs += _runs_evaluated_by(client, runs)
-    parents = {r.data.tags.get(PARENT_TAG) for r in runs if EVALUATION_TAG not in r.data.tags}
-    replaced = _replaced_parents(client, parents - {None})
-    runs = [r for r in runs if r.info.run_id not in parents and r.data.tags.get(SWEEP_ROLE_TAG) != "parent"
-            and EVALUATION_TAG not in r.data.tags and REPORT_TAG not in r.data.tags
-            and r.data.tags.get(PARENT_TAG) not in replaced]
+    runs = _trial_runs(client, runs + _runs_evaluated_by(client, runs))
     experiment_names = {e.experiment_id: e.name for e in client.search_experiments()}
     extra = _evaluation_runs(client, list(experiment_names), {r.info.run_id for r in runs}) if runs else {}
     rows, metric_rows = [], []

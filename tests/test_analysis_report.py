@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 from analysis import figures
 from analysis.collect import RunSelection, collect_runs
 from analysis.examples import emorl_tags, log_run
+from analysis.settings import setting_params
 from emorl.cli import main
 
 
@@ -89,7 +90,8 @@ def test_report_run_when_there_is_no_parent_and_clear_errors(tmp_path, capsys):
     client = MlflowClient(uri)
     experiment = client.create_experiment("plain", artifact_location=(tmp_path / "artifacts").as_uri())
     for seed in (0, 1):
-        log_run(client, experiment, tags=emorl_tags("tetrominoes", "default", seed), metrics={"test/fg_ari": 0.9})
+        log_run(client, experiment, tags=emorl_tags("tetrominoes", "default", seed),
+                params={**setting_params("tetrominoes"), "seed": seed}, metrics={"test/fg_ari": 0.9})
     out = tmp_path / "report"
     assert main(["report", "--experiment", "plain", "--tracking-uri", uri, "--out", str(out),
                  "--no-checkpoint-figures"]) == 0

@@ -357,20 +357,38 @@ def end_abandoned_run(run_dir: str | Path, status: str = "KILLED") -> Delivery:
     return deliver(run_dir, end_status=status)
 
 
-def tracking_note(uri: str, run_dir: str | Path, run_id: str | None) -> str:
+def tracking_note(uri: str, run_dir: str | Path, run_id: str | None, experiment: str | None = None) -> str:
     """What to tell the user at the end of a run: where it is tracked, or what still waits in its spool."""
     waiting = undelivered(run_dir)
     if waiting:
         return (f"tracking: {waiting} records wait in {Path(run_dir) / 'tracking' / 'spool.jsonl'}, the store {uri} "
                 f"was unreachable; deliver them with:\n  emorl sync {run_dir}")
-    return f"tracked in MLflow ({uri}), run {run_id}; look at it: {browse_command(uri)}"
+    return f"tracked in MLflow ({uri}), run {run_id}; look at it: {browse_command(uri, experiment)}"
 
 
-def browse_command(uri: str) -> str:
-    """How to look at what a tracking store holds."""
+def browse_command(uri: str, experiment: str | None = None) -> str:
+    """How to look at what a tracking store holds; with an ``experiment`` (name), the link that
+    opens it on its runs table. (MLflow 3.17's UI opens every experiment on its GenAI views unless
+    the link says ``workflowType=machine_learning`` or the user flips its "Model training" switch;
+    the experiment kind we set does not change that in this version.)"""
+    experiment_id = _experiment_id(uri, experiment) if experiment else None
+    page = f"/#/experiments/{experiment_id}?workflowType=machine_learning" if experiment_id else ""
     if uri.startswith(("http://", "https://")):
-        return f"open {uri} in a browser"
-    return f"mlflow ui --backend-store-uri {uri}"
+        return f"open {uri.rstrip('/')}{page} in a browser" if page else f"open {uri} in a browser"
+    command = f"mlflow ui --backend-store-uri {uri}"
+    return f"{command}, then open http://127.0.0.1:5000{page}" if page else command
+
+
+def _experiment_id(uri: str, name: str) -> str | None:
+    """The id of experiment ``name`` in the store, or None (not there, or the store is unreachable)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    try:
+        from mlflow.tracking import MlflowClient
+
+        experiment = MlflowClient(tracking_uri=uri).get_experiment_by_name(name)
+    except Exception:  # only a hint: never fail the command for it
+        return None
+    return experiment.experiment_id if experiment else None
 
 
 def _param_value(value: Any) -> str:

@@ -202,7 +202,7 @@ def format_summary(outcome, again: str, retry: str | None) -> str:
     if outcome.parent_run_id:
         lines += [f"  MLflow:        {plan.tracking_uri}, experiment {plan.tracking_experiment!r}, "
                   f"parent run {outcome.parent_run_id}",
-                  f"  browse with:   {browse_command(plan.tracking_uri)}",
+                  f"  browse with:   {browse_command(plan.tracking_uri, plan.tracking_experiment)}",
                   f"  report with:   {report_command(plan)}"]
     return "\n".join(lines)
 

@@ -25,7 +25,7 @@ def _train(args: argparse.Namespace) -> int:
     print("final evaluation: " + ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()))
     if cfg.tracking.backend != "none":
         uri = cfg.tracking.uri or default_tracking_uri()
-        print(tracking_note(uri, result.output_dir, result.run_id))
+        print(tracking_note(uri, result.output_dir, result.run_id, cfg.tracking.experiment))
         if undelivered(result.output_dir):
             return UNDELIVERED_EXIT_CODE
     return 0

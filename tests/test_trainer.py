@@ -173,7 +173,8 @@ def test_resuming_with_different_settings_is_refused(tmp_path, smoke_data):
         train(smoke(tmp_path, smoke_data, "trainer.max_steps=4", "tracking.backend=none", "model.latent_dim=12"))
 
 
-def test_a_nan_loss_stops_with_the_step_and_terms_and_keeps_the_last_checkpoint(tmp_path, smoke_data, monkeypatch):
+def poison_loss_at_call(monkeypatch, call: int) -> None:
+    """Make the loss of the ``call``-th training step (1-based) NaN, as a diverging run's would be."""
     from emorl.models.emorl import EfficientMORL
 
     original = EfficientMORL.forward_backward  # the trainer's training step
@@ -182,11 +183,15 @@ def test_a_nan_loss_stops_with_the_step_and_terms_and_keeps_the_last_checkpoint(
     def forward_backward(self, *args, **kwargs):
         out = original(self, *args, **kwargs)
         calls["n"] += 1
-        if calls["n"] == 5:  # training step 4 (0-based)
+        if calls["n"] == call:
             out.loss = out.loss * float("nan")
         return out
 
     monkeypatch.setattr(EfficientMORL, "forward_backward", forward_backward)
+
+
+def test_a_nan_loss_stops_with_the_step_and_terms_and_keeps_the_last_checkpoint(tmp_path, smoke_data, monkeypatch):
+    poison_loss_at_call(monkeypatch, 5)  # training step 4 (0-based)
     cfg = smoke(tmp_path, smoke_data, "trainer.max_steps=10", "trainer.checkpoint_every=2", "trainer.eval_every=100")
     with pytest.raises(TrainingError, match=r"at training step 4: .*loss=nan.*nll=.*last good checkpoint .*last.pt"):
         train(cfg)

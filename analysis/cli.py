@@ -6,6 +6,8 @@ import argparse
 
 from emorl.errors import EmorlError
 
+RETIRED_OPTIONS = ("--data-path", "--device", "--traversal-images")  # now options of `emorl evaluate --figures`
+
 
 def _selection(args: argparse.Namespace):
     from analysis.collect import RunSelection, parse_tag_filter
@@ -24,12 +26,15 @@ def _report(args: argparse.Namespace) -> int:
 
     if not 0.0 <= args.collapse_ari <= 1.0:
         raise EmorlError(f"--collapse-ari {args.collapse_ari}: expected a foreground ARI in [0, 1], e.g. 0.5")
-    if args.traversal_images < 1 or args.max_checkpoint_groups < 0:
-        raise EmorlError("--traversal-images must be >= 1 and --max-checkpoint-groups >= 0")
+    if args.max_checkpoint_groups < 0:
+        raise EmorlError("--max-checkpoint-groups must be >= 0")
+    for option in RETIRED_OPTIONS:
+        if getattr(args, option.lstrip("-").replace("-", "_")) is not None:
+            print(f"note: {option} is ignored: the report runs no model; decompositions and traversals come from "
+                  "`emorl evaluate CHECKPOINT --figures` (which takes --device, --data-path, --traversal-images)")
     result = build_report(_selection(args), args.tracking_uri, args.out, collapse_ari=args.collapse_ari,
-                          checkpoint_figures=not args.no_checkpoint_figures, data_path=args.data_path,
-                          traversal_images=args.traversal_images, max_checkpoint_groups=args.max_checkpoint_groups,
-                          device=args.device, log=not args.no_log)
+                          checkpoint_figures=not args.no_checkpoint_figures,
+                          max_checkpoint_groups=args.max_checkpoint_groups, log=not args.no_log)
     flagged = int(result.runs["flagged"].sum())
     print(f"report of {len(result.runs)} runs ({flagged} flagged) written to {result.folder}")
     print(f"  open {result.folder / 'index.html'}")
@@ -58,14 +63,12 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default=None, help="report folder (default: <output root>/reports/<selection>)")
     parser.add_argument("--collapse-ari", type=float, default=0.5,
                         help="flag runs whose final foreground ARI is below this as failed (default 0.5)")
-    parser.add_argument("--data-path", default=None,
-                        help="HDF5 test data for decompositions/traversals (default: the file each run trained on)")
-    parser.add_argument("--traversal-images", type=int, default=100,
-                        help="test images that set the traversal ranges (paper: 100)")
     parser.add_argument("--max-checkpoint-groups", type=int, default=4,
-                        help="draw decompositions/traversals for at most this many groups (lowest seed of each)")
-    parser.add_argument("--device", default="auto", help="where decompositions/traversals run: auto, cpu, cuda")
+                        help="show decompositions/traversals (from `emorl evaluate --figures`) of at most this many "
+                             "groups (lowest seed of each)")
     parser.add_argument("--no-checkpoint-figures", action="store_true",
-                        help="skip decompositions and traversals (no checkpoint download)")
+                        help="skip decompositions and traversals")
+    for option in RETIRED_OPTIONS:  # accepted and ignored (with a note): the report runs no model any more
+        parser.add_argument(option, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--no-log", action="store_true", help="write the folder only; log nothing to MLflow")
     parser.set_defaults(func=_report)

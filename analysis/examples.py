@@ -4,13 +4,14 @@
 metrics, artifacts, status). :func:`log_synthetic_study` fills a store with made-up runs shaped
 like the paper's experiments (values are SYNTHETIC: drawn around the paper's numbers, not
 results), and ``python -m analysis.examples --out DIR`` draws every figure from them (plus, with
-``--train-steps N``, a tiny real smoke run for the checkpoint figures): the pictures in
+``--train-steps N``, a tiny real smoke run and its `emorl evaluate --figures`): the pictures in
 docs/analysis.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -66,6 +67,43 @@ def log_run(client, experiment_id: str, *, tags: Mapping[str, str], params: Mapp
             client.log_artifact(run_id, str(path), folder)
     client.set_terminated(run_id, status=status)
     return run_id
+
+
+def log_figures_evaluation(client, experiment_id: str, trained_run_id: str, folder: str | Path, model: str,
+                           set_name: str = "tetrominoes", seed: int = 0, size: int = 8, slots: int = 3,
+                           dims: int = 4, values: int = 5) -> str:
+    """Log an evaluation run of ``trained_run_id`` shaped like one of ``emorl evaluate --figures``
+    (tag ``emorl.figures``, the PNG and npz files of :mod:`emorl.engine.evaluation_figures` under
+    ``evaluation/<set>/figures``) with random SYNTHETIC pictures, drawn by the core's drawing code;
+    returns its id. No model is built."""
+    from emorl.engine.figures import decomposition_figure, traversal_figure
+
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    images = rng.random((8, 3, size, size), dtype=np.float32)
+    masks = rng.dirichlet(np.ones(slots), (8, size, size)).transpose(0, 3, 1, 2)[:, :, None].astype(np.float32)
+    components = rng.random((8, slots, 3, size, size), dtype=np.float32)
+    np.savez_compressed(folder / "decomposition.npz", images=images, reconstruction=images, masks=masks,
+                        components=components, image_index=np.arange(8), fg_ari=rng.random(8), mse=rng.random(8),
+                        refine_steps=np.array(1))
+    decomposition_figure(images, images, masks, components, folder / "decomposition.png", title=SYNTHETIC_NOTE)
+    variance = rng.random(dims)
+    shown = np.argsort(-variance)[:2]
+    traversal = rng.random((2, values, 3, size, size), dtype=np.float32)
+    np.savez_compressed(folder / "traversal.npz", images=traversal, dims=shown, values=rng.random((2, values)),
+                        low=-np.ones(dims), high=np.ones(dims), variance=variance, slot=np.array(1),
+                        slot_choice=np.array("synthetic"), num_images=np.array(16))
+    traversal_figure(traversal, shown.tolist(), variance, folder / "traversal.png", SYNTHETIC_NOTE)
+    np.savez_compressed(folder / "traversal_leakage.npz", scene=images[0], images=traversal[0],
+                        slot=np.array(0 if model.startswith("genesis") else 1), slot_choice=np.array("synthetic"),
+                        dim=shown[:1].squeeze(), low=np.array(-1.0), high=np.array(1.0),
+                        leak_share=np.array(rng.random()), mean_change=np.array(rng.random()), model=np.array(model))
+    artifact_folder = f"evaluation/{set_name}/figures"
+    tags = {vocabulary.RUN_KIND: "evaluation", vocabulary.EVALUATION_OF: trained_run_id,
+            vocabulary.EVALUATION_SET: set_name, vocabulary.FIGURES: artifact_folder}
+    return log_run(client, experiment_id, tags=tags, parent_run_id=trained_run_id, run_name=f"evaluate {set_name}",
+                   artifacts={artifact_folder: sorted(folder.iterdir())})
 
 
 def _curve(steps: np.ndarray, start: float, end: float, rate: float, noise: float, rng) -> list[tuple[int, float]]:
@@ -154,15 +192,20 @@ def log_synthetic_study(tracking_uri: str, work_dir: str | Path, seeds: int = 5,
 
 
 def train_smoke_run(tracking_uri: str, output_dir: str | Path, steps: int) -> str:
-    """Train the tiny ``smoke`` setting for ``steps`` steps (real training) and return its run id."""
-    from emorl.config import compose
-    from emorl.engine.train import train
+    """Train the tiny ``smoke`` setting for ``steps`` steps (real training, ``emorl train`` in a
+    process of its own: analysis builds no model) and compute its figures (``emorl evaluate
+    --figures``); returns the trained run's id."""
+    import subprocess
 
-    cfg = compose(["experiment=smoke", f"trainer.max_steps={steps}", f"trainer.eval_every={steps}",
-                   f"trainer.checkpoint_every={steps}", f"trainer.log_every={max(1, steps // 20)}",
-                   "trainer.progress=false", f"tracking.uri={tracking_uri}", "tracking.experiment=smoke-example",
-                   f"trainer.output_dir={Path(output_dir).resolve()}"])
-    return train(cfg).run_id
+    output_dir = Path(output_dir).resolve()
+    emorl = [sys.executable, "-m", "emorl.cli"]
+    subprocess.run([*emorl, "train", "experiment=smoke", f"trainer.max_steps={steps}", f"trainer.eval_every={steps}",
+                    f"trainer.checkpoint_every={steps}", f"trainer.log_every={max(1, steps // 20)}",
+                    "trainer.progress=false", f"tracking.uri={tracking_uri}", "tracking.experiment=smoke-example",
+                    f"trainer.output_dir={output_dir}"], check=True)
+    subprocess.run([*emorl, "evaluate", str(output_dir / "checkpoints" / "last.pt"), "--metrics", "figures",
+                    "--tracking-uri", tracking_uri], check=True)
+    return json.loads((output_dir / "tracking" / "state.json").read_text())["run_id"]  # the trainer's spool state
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,9 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.train_steps:
             run_id = train_smoke_run(uri, Path(work) / "smoke", args.train_steps)
             smoke = collect_runs(RunSelection(run_ids=[run_id]), uri).iloc[0]
-            loaded = figures.load_run(smoke, uri)
-            made += [figures.decomposition(smoke, uri, drawn / "smoke", loaded=loaded),
-                     figures.latent_traversal(smoke, uri, drawn / "smoke", loaded=loaded)]
+            made += figures.run_figures(figures.read_run_figures(smoke, uri, Path(work) / "download"), drawn / "smoke")
         for figure in made:
             png = next(p for p in figure.paths if p.suffix == ".png")
             target = out / (figure.name.split("_")[0] + "_smoke.png" if png.parent.name == "smoke" else png.name)

@@ -18,16 +18,19 @@ values of it are drawn. Where two panels or lines share a name, the label adds w
   one line per test set (CLEVR10 with K = 11 is the set ``clevr10_K11``).
 - Fig. 8 :func:`stochastic_layers`: ``test/fg_ari`` against L (``model.stochastic_layers``).
 - Fig. 9c-d :func:`activeness_heatmaps`: the ``evaluation/<set>/activeness.npy`` artifacts.
-- Figs. 5, 16-18 :func:`decomposition` and Figs. 19-21 :func:`latent_traversal`: one run's
-  ``checkpoints/last.pt`` artifact, drawn with the core's model and data classes.
+- Figs. 5, 16-18 (decompositions) and 19-21 (latent traversals) :func:`run_figures`: the PNGs and
+  arrays that ``emorl evaluate --figures`` logged in an evaluation run of the run (tag
+  ``emorl.figures``), read by :func:`read_run_figures`; analysis never loads a checkpoint.
 - Fig. 11 :func:`traversal_comparison`: those of several models side by side (EfficientMORL vs
-  GENESIS vs GENESIS-S), each row with the share of its change that leaks outside the slot.
+  GENESIS vs GENESIS-S), each row with the share of its change that leaks outside the slot, drawn
+  from each run's ``traversal_leakage.npz``.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+import shutil
 import tempfile
 import textwrap
 from dataclasses import dataclass, field
@@ -43,7 +46,9 @@ import seaborn as sns  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from analysis.aggregate import GROUP_KEYS, describe_differences, settings_except, t_interval  # noqa: E402
-from analysis.collect import download_artifact, list_artifacts, run_artifact_sources  # noqa: E402
+from analysis.collect import (download_artifact, list_artifacts, run_artifact_sources,  # noqa: E402
+                              tracking_client)
+from emorl import vocabulary  # noqa: E402
 from emorl.errors import EmorlError  # noqa: E402
 
 EVAL_KEY = re.compile(r"^eval/(?P<set>[^/]+)/I(?P<I>\d+)/(?P<metric>fg_ari|mse|kl)$")
@@ -426,237 +431,116 @@ def activeness_heatmaps(runs: pd.DataFrame, tracking_uri: str | None, out_dir: s
                    "Fig. 9c-d: activeness of each latent dimension (rows: test images of every seed).")
 
 
-# -- Figs. 5, 16-21: from a checkpoint ------------------------------------------------------------
+# -- Figs. 5, 16-21 and 11: read from the evaluation runs of `emorl evaluate --figures` ------------------
 
 @dataclass
-class LoadedRun:
-    """A run's trained model (eval mode), its resolved config and its test set."""
+class RunFigures:
+    """One run's decomposition and traversal as ``emorl evaluate --figures`` computed them, downloaded
+    from its evaluation run: the PNGs and the arrays (``decomposition``, ``traversal``, ``leakage``:
+    the npz files as dicts of numpy arrays)."""
 
-    model: object
-    config: dict
-    dataset: object  # emorl.data.hdf5.MultiObjectDataset
-
-    @property
-    def test_refine_steps(self) -> int:
-        return int(self.config["curriculum"]["test_refine_steps"])
-
-    @property
-    def device(self):
-        return next(self.model.parameters()).device
+    run: pd.Series = field(repr=False)
+    evaluation_run: str
+    decomposition_png: Path
+    traversal_png: Path
+    decomposition: dict = field(repr=False)
+    traversal: dict = field(repr=False)
+    leakage: dict = field(repr=False)
 
 
-def load_run(run: pd.Series, tracking_uri: str | None, data_path: str | Path | None = None,
-             device: str = "cpu") -> LoadedRun:
-    """Download ``checkpoints/last.pt`` of a run, rebuild the model on ``device`` (cpu, cuda or auto)
-    and open its test split (``data_path``, else the file the run trained on, from its
-    ``emorl.dataset_file`` tag)."""
-    from emorl.data.hdf5 import MultiObjectDataset
-    from emorl.engine.evaluation_run import load_trained_model
-    from emorl.engine.train import resolve_device
+def figures_evaluation(run: pd.Series, tracking_uri: str | None) -> tuple[str, str] | None:
+    """The latest evaluation run of ``run`` that holds figures (tag ``emorl.figures``, naming their
+    artifact folder): (its run id, that folder), or None."""
+    client = tracking_client(tracking_uri)
+    found = []
+    for source in run_artifact_sources(run):
+        tagged = client.get_run(source)
+        if tagged.data.tags.get(vocabulary.FIGURES):
+            found.append((tagged.info.start_time or 0, source, tagged.data.tags[vocabulary.FIGURES]))
+    return max(found)[1:] if found else None
 
-    with tempfile.TemporaryDirectory(prefix="emorl-checkpoint-") as download_dir:
-        checkpoint = download_artifact(run["run_id"], "checkpoints/last.pt", tracking_uri, download_dir)
-        model, config, _ = load_trained_model(checkpoint, resolve_device(device))
-    path = Path(data_path or run.get("dataset_file", "") or "")
-    if not str(path) or not path.is_file():
-        raise MissingData(f"run {run['run_id']}: its data file {str(path) or '(not tagged)'} is not here; pass the "
-                          "HDF5 file it was trained on with --data-path")
-    dataset = MultiObjectDataset(path, config["data"].get("test_split", "test"), config["data"].get("image_size"))
-    return LoadedRun(model, config, dataset)
+
+def figures_command(run: pd.Series, tracking_uri: str | None) -> str:
+    """The command that computes a run's figures: ``emorl evaluate <its output_dir tag>/checkpoints/last.pt
+    --figures``."""
+    output_dir = tracking_client(tracking_uri).get_run(run["run_id"]).data.tags.get(vocabulary.OUTPUT_DIR)
+    return f"emorl evaluate {output_dir or '<run folder>'}/checkpoints/last.pt --figures"
+
+
+def _arrays(path: Path) -> dict:
+    with np.load(path) as loaded:
+        return {key: loaded[key] for key in loaded.files}
+
+
+def read_run_figures(run: pd.Series, tracking_uri: str | None, download_dir: str | Path) -> RunFigures:
+    """Download what ``emorl evaluate --figures`` logged for ``run`` into ``download_dir``; raises
+    :class:`MissingData` with the command that makes them when no evaluation run holds figures."""
+    found = figures_evaluation(run, tracking_uri)
+    if found is None:
+        raise MissingData(f"no evaluation run with figures; make them with: {figures_command(run, tracking_uri)}")
+    source, folder = found
+    local = download_artifact(source, folder, tracking_uri, Path(download_dir) / source)
+    return RunFigures(run, source, local / "decomposition.png", local / "traversal.png",
+                      _arrays(local / "decomposition.npz"), _arrays(local / "traversal.npz"),
+                      _arrays(local / "traversal_leakage.npz"))
 
 
 def _run_title(run: pd.Series) -> str:
     return f"{run['experiment']} / {run['variant']} / seed {run['seed']} ({run['model']}, {run['dataset']})"
 
 
-def decomposition(run: pd.Series, tracking_uri: str | None, out_dir: str | Path, data_path: str | Path | None = None,
-                  num_images: int = 8, seed: int = 0, loaded: LoadedRun | None = None) -> Figure:
-    """Figs. 5, 16-18: image, reconstruction, masks and each slot's masked component for the first
-    ``num_images`` test images at the setting's test-time I, from the core's evaluation (the same
-    outputs, random state included, as the run's own evaluation of those images), drawn by
-    :func:`emorl.engine.figures.decomposition_figure` (PNG only)."""
-    from emorl.engine.data import eval_loader
-    from emorl.engine.evaluate import evaluate
-    from emorl.engine.figures import decomposition_figure
-
-    loaded = loaded or load_run(run, tracking_uri, data_path)
-    result = evaluate(loaded.model, eval_loader(loaded.dataset, num_images, num_images), loaded.test_refine_steps,
-                      device=loaded.device, seed=seed)
-    sample = result.sample
-    name = f"decomposition_{run['run_id'][:8]}"
-    path = decomposition_figure(sample["images"], sample["reconstruction"], sample["masks"], sample["components"],
-                                Path(out_dir) / f"{name}.png", max_images=num_images,
-                                title=f"Decomposition at I = {loaded.test_refine_steps}: {_run_title(run)}")
-    per_image = result.per_image[loaded.test_refine_steps]
-    data = pd.DataFrame({"image": range(result.num_images), "fg_ari": per_image["fg_ari"].numpy(),
-                         "mse": per_image["mse"].numpy()})
-    return Figure(name, [path], data, f"Decomposition of {result.num_images} test images: {_run_title(run)}.")
-
-
-def _traversed_slot(true_masks, masks) -> tuple[int, str]:
-    """The slot best matched (highest IoU) to a true object of the first image, and how it was
-    chosen; slot 0 when no slot matches an object."""
-    from emorl.metrics import match_slots_to_objects
-
-    matching = match_slots_to_objects(true_masks[:1], masks[:1])
-    if not len(matching):
-        return 0, "no slot matches an object: slot 0"
-    best = int(np.argmax(matching.iou))
-    return int(matching.slot_index[best]), f"best matched to an object, IoU {matching.iou[best]:.2f}"
+def run_figures(pictures: RunFigures, out_dir: str | Path) -> list[Figure]:
+    """Figs. 5, 16-18 (decomposition of test images 0-7 at the setting's test I) and 19-21 (latent
+    traversal) of one run: the PNGs of its evaluation placed in ``out_dir`` as
+    ``decomposition_<run>.png`` and ``traversal_<run>.png``, with their data from the arrays."""
+    run, out_dir = pictures.run, Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    made = []
+    decomposition, traversal = pictures.decomposition, pictures.traversal
+    data = pd.DataFrame({"image": decomposition["image_index"], "fg_ari": decomposition["fg_ari"],
+                         "mse": decomposition["mse"]})
+    caption = (f"Decomposition of {len(data)} test images at I = {int(decomposition['refine_steps'])}: "
+               f"{_run_title(run)} (evaluation run {pictures.evaluation_run}).")
+    dims = traversal["dims"].tolist()
+    traversal_data = pd.DataFrame({"dim": range(len(traversal["low"])), "low": traversal["low"],
+                                   "high": traversal["high"], "variance": traversal["variance"],
+                                   "shown": [d in dims for d in range(len(traversal["low"]))],
+                                   "slot": int(traversal["slot"])})
+    for name, png, frame, text in (
+            ("decomposition", pictures.decomposition_png, data, caption),
+            ("traversal", pictures.traversal_png, traversal_data,
+             f"Latent traversal of slot {int(traversal['slot'])}, test image 0: {_run_title(run)}.")):
+        target = out_dir / f"{name}_{run['run_id'][:8]}.png"
+        shutil.copyfile(png, target)
+        made.append(Figure(target.stem, [target], frame, text))
+    return made
 
 
-def _sweep(model, scene, slot: int, dims: list[int], values, device):
-    """Decode ``scene`` [K, D] with dimension ``dims[r]`` of ``slot`` set to each of ``values[r]``:
-    images [len(dims), V, 3, H, W] in [0, 1]."""
-    import torch
+def traversal_comparison(compared: list[RunFigures], out_dir: str | Path) -> Figure:
+    """Fig. 11 (Appendix B.1): one row per run, the decoded scene of test image 0 and the traversal of
+    one latent dimension of one slot (the first component of an ordered model, GENESIS, GENESIS-S,
+    MONet; else the slot best matched to a true object; its most active dimension), with the *leak
+    share* of each row: the part of the change outside the slot's pixels. Drawn from the
+    ``traversal_leakage.npz`` arrays of each run's ``emorl evaluate --figures``."""
+    from emorl.engine.figures import image_grid, value_titles
 
-    count, steps = values.shape
-    latents = scene[None].repeat(count * steps, 1, 1)
-    latents[torch.arange(count * steps), slot, torch.tensor(dims).repeat_interleave(steps)] = values.reshape(-1)
-    with torch.no_grad():
-        images = [model.decode(chunk.to(device)).reconstruction().float().cpu() for chunk in latents.split(64)]
-    images = torch.cat(images)
-    return images.view(count, steps, *images.shape[1:])
-
-
-def latent_traversal(run: pd.Series, tracking_uri: str | None, out_dir: str | Path,
-                     data_path: str | Path | None = None, num_images: int = 100, num_dims: int = 8,
-                     num_values: int = 7, seed: int = 0, loaded: LoadedRun | None = None) -> Figure:
-    """Figs. 19-21: sweep latent dimensions of one slot of the first test image (the slot best
-    matched to a true object) between the smallest and largest value each dimension takes over
-    ``num_images`` test images (all slots), decode the whole scene with the model's ``decode``, and
-    show the ``num_dims`` dimensions that change the image most (rows; ranked by the mean pixel
-    variance over the minimum, middle and maximum value), at ``num_values`` values each. The codes
-    are the representation DCI and activeness use (posterior means for EfficientMORL, the slots for
-    Slot Attention)."""
-    import torch
-
-    from emorl.engine.data import eval_loader
-    from emorl.engine.evaluation_run import collect_codes
-
-    loaded = loaded or load_run(run, tracking_uri, data_path)
-    device = loaded.device
-    codes, masks, true_masks, _ = collect_codes(loaded.model, eval_loader(loaded.dataset, num_images, 32), None,
-                                                loaded.test_refine_steps, device, "fp32", seed)
-    low, high = codes.amin(dim=(0, 1)), codes.amax(dim=(0, 1))
-    slot, how = _traversed_slot(true_masks, masks)
-    dims = codes.shape[-1]
-    three = torch.stack([low, (low + high) / 2, high], dim=1)  # [D, 3]
-    variance = _sweep(loaded.model, codes[0], slot, list(range(dims)), three, device).var(dim=1).mean(dim=(1, 2, 3))
-    chosen = torch.argsort(variance, descending=True)[:num_dims].tolist()
-    steps = torch.linspace(0, 1, num_values)
-    values = low[chosen, None] + (high - low)[chosen, None] * steps[None, :]  # [rows, V]
-    images = _sweep(loaded.model, codes[0], slot, chosen, values, device)
-    figure, axes = plt.subplots(len(chosen), num_values, figsize=(1.25 * num_values + 1.2, 1.25 * len(chosen) + 0.8),
-                                squeeze=False)
-    for r, d in enumerate(chosen):
-        for c in range(num_values):
-            axis = axes[r, c]
-            axis.imshow(images[r, c].permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
-            axis.set_xticks([])
-            axis.set_yticks([])
-            axis.spines[:].set_visible(False)
-            if c == 0:
-                axis.set_ylabel(f"z[{d}]\nvar {variance[d]:.1e}", fontsize=8)
-            if r == 0:
-                axis.set_title("min" if c == 0 else "max" if c == num_values - 1 else f"{c}/{num_values - 1}",
-                               fontsize=8)
-    figure.suptitle(f"Latent traversal, slot {slot} of test image 0 ({how}): {_run_title(run)}\n"
-                    f"rows: the {len(chosen)} of {dims} dimensions that change the image most", fontsize=9)
-    figure.tight_layout()
-    name = f"traversal_{run['run_id'][:8]}"
-    data = pd.DataFrame({"dim": range(dims), "low": low.numpy(), "high": high.numpy(), "variance": variance.numpy(),
-                         "shown": [d in chosen for d in range(dims)], "slot": slot})
-    return Figure(name, _save(figure, out_dir, name, None), data,
-                  f"Latent traversal of slot {slot}, test image 0: {_run_title(run)}.")
-
-
-# -- Fig. 11: traversals of ordered and unordered models side by side ------------------------------
-
-ORDERED_MODELS = ("genesis", "genesis_s", "monet")  # sequential attention: slot 1 is "the first component"
-
-
-def traversal_leakage(model, scene, slot: int, dim: int, values, device):
-    """Decode ``scene`` [K, D] as it is and with dimension ``dim`` of ``slot`` set to each of ``values``.
-
-    Returns (traversed images [V, 3, H, W], leak share, mean change): the change of each traversed
-    image from the scene's own decode, summed over channels; the *leak share* is the part of the total
-    change that falls outside the traversed slot's region (the pixels where its mask is >= 0.5 in the
-    scene's decode or in any traversed one). 0: the slot changed only its own object; near 1: it
-    changed the rest of the scene."""
-    import torch
-
-    latents = scene[None].repeat(len(values) + 1, 1, 1)
-    latents[1:, slot, dim] = torch.as_tensor(values, dtype=latents.dtype)
-    with torch.no_grad():
-        decoded = model.decode(latents.to(device))
-    images = decoded.reconstruction().float().cpu()
-    region = (decoded.masks[:, slot, 0].float().cpu() >= 0.5).any(dim=0)  # [H, W]
-    change = (images[1:] - images[:1]).abs().sum(dim=1)  # [V, H, W]
-    total = float(change.sum())
-    share = float(change[:, ~region].sum()) / total if total > 0 else 0.0
-    return images[1:], share, float(change.mean())
-
-
-def traversal_comparison(runs: pd.DataFrame, tracking_uri: str | None, out_dir: str | Path,
-                         data_path: str | Path | None = None, num_images: int = 100, num_values: int = 7,
-                         seed: int = 0, loaded: dict | None = None) -> Figure:
-    """Fig. 11 (Appendix B.1): one row per run, the decoded scene of test image 0 and ``num_values``
-    traversals of one latent dimension of one slot, with the *leak share* of each row
-    (:func:`traversal_leakage`). The slot: the first component of an ordered model (GENESIS,
-    GENESIS-S, MONet: the paper manipulates the first component), else the slot best matched to a
-    true object. The dimension: the slot's most active one (largest image variance over the
-    minimum, middle and maximum value it takes over ``num_images`` test images). ``loaded`` maps
-    run ids to :class:`LoadedRun` (else each checkpoint is loaded)."""
-    import torch
-
-    from emorl.engine.data import eval_loader
-    from emorl.engine.evaluation_run import collect_codes
-
-    if runs.empty:
-        raise MissingData("Fig. 11 needs finished runs with a checkpoints/last.pt artifact")
-    rows, drawn_rows = [], []
-    for _, run in runs.iterrows():
-        model_run = (loaded or {}).get(run["run_id"]) or load_run(run, tracking_uri, data_path)
-        codes, masks, true_masks, _ = collect_codes(model_run.model, eval_loader(model_run.dataset, num_images, 32),
-                                                    None, model_run.test_refine_steps, model_run.device, "fp32", seed)
-        low, high = codes.amin(dim=(0, 1)), codes.amax(dim=(0, 1))
-        if run["model"] in ORDERED_MODELS:
-            slot, how = 0, "the first component"
-        else:
-            slot, how = _traversed_slot(true_masks, masks)
-        three = torch.stack([low, (low + high) / 2, high], dim=1)  # [D, 3]
-        variance = _sweep(model_run.model, codes[0], slot, list(range(codes.shape[-1])), three,
-                          model_run.device).var(dim=1).mean(dim=(1, 2, 3))
-        dim = int(torch.argmax(variance))
-        values = low[dim] + (high[dim] - low[dim]) * torch.linspace(0, 1, num_values)
-        images, share, change = traversal_leakage(model_run.model, codes[0], slot, dim, values, model_run.device)
-        with torch.no_grad():
-            scene = model_run.model.decode(codes[:1].to(model_run.device)).reconstruction().float().cpu()[0]
-        rows.append({"run_id": run["run_id"], "experiment": run["experiment"], "model": run["model"],
-                     "seed": run["seed"], "slot": slot, "slot_choice": how, "dim": dim, "low": float(low[dim]),
-                     "high": float(high[dim]), "leak_share": share, "mean_change": change})
-        drawn_rows.append((scene, images))
-    figure, axes = plt.subplots(len(rows), num_values + 1, figsize=(1.3 * (num_values + 1) + 2.2, 1.45 * len(rows) + 0.9),
-                                squeeze=False)
-    for r, (row, (scene, images)) in enumerate(zip(rows, drawn_rows)):
-        for c, picture in enumerate([scene, *images]):
-            axis = axes[r, c]
-            axis.imshow(picture.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
-            axis.set_xticks([])
-            axis.set_yticks([])
-            axis.spines[:].set_visible(False)
-            if r == 0:
-                step = c - 1
-                axis.set_title("decoded scene" if c == 0 else "min" if step == 0 else
-                               "max" if step == num_values - 1 else f"{step}/{num_values - 1}", fontsize=8)
-        axes[r, 0].set_ylabel(f"{row['model']}, seed {row['seed']}\nslot {row['slot']}, z[{row['dim']}]\n"
-                              f"leak {100 * row['leak_share']:.0f}%", fontsize=8)
-    figure.suptitle("Fig. 11: one latent dimension of one slot, traversed (test image 0); leak = share of the "
-                    "change outside that slot's pixels", fontsize=9)
-    figure.tight_layout()
-    data = pd.DataFrame(rows)
+    if not compared:
+        raise MissingData("Fig. 11 needs runs of two models or more with figures (emorl evaluate --figures)")
+    rows, pictures, labels = [], [], []
+    for item in compared:
+        run, leak = item.run, item.leakage
+        row = {"run_id": run["run_id"], "experiment": run["experiment"], "model": run["model"], "seed": run["seed"],
+               **{key: leak[key].item() for key in ("slot", "slot_choice", "dim", "low", "high", "leak_share",
+                                                    "mean_change")}}
+        rows.append(row)
+        pictures.append([leak["scene"], *leak["images"]])
+        labels.append(f"{row['model']}, seed {row['seed']}\nslot {row['slot']}, z[{row['dim']}]\n"
+                      f"leak {100 * row['leak_share']:.0f}%")
+    name = "fig11_traversal_comparison"
+    paths = image_grid(pictures, Path(out_dir) / f"{name}.png", labels,
+                       ["decoded scene", *value_titles(len(pictures[0]) - 1)],
+                       "Fig. 11: one latent dimension of one slot, traversed (test image 0); leak = share of the "
+                       "change outside that slot's pixels", formats=("png", "pdf"))
     caption = ("Fig. 11: traversals of one slot per model; leak share " + ", ".join(
         f"{r['model']} {100 * r['leak_share']:.0f}%" for r in rows) + ".")
-    return Figure("fig11_traversal_comparison", _save(figure, out_dir, "fig11_traversal_comparison", None), data,
-                  caption)
+    return Figure(name, paths, pd.DataFrame(rows), caption)

@@ -8,7 +8,7 @@ Layout of the folder (see docs/analysis.md)::
     tables/table{1,2,3}.{md,tex,csv}
     tables/other_settings.md, tables/placement.csv   the groups in no paper row; where every group went
     figures/fig*.{png,pdf}
-    figures/runs/decomposition_<run>.png, traversal_<run>.{png,pdf}
+    figures/runs/decomposition_<run>.png, traversal_<run>.png   (from `emorl evaluate --figures`)
     figures/fig11_traversal_comparison.{png,pdf}   (when the runs drawn hold two models or more)
 
 The folder is logged to MLflow under ``report/``: into the sweep's parent run when the runs have
@@ -21,6 +21,7 @@ import base64
 import html
 import re
 import shutil
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ import pandas as pd
 
 from analysis import figures as figure_module
 from analysis.aggregate import ARI_KEY, COLLAPSE_ARI, GROUP_KEYS, flag_runs
-from analysis.collect import (REPORT_TAG, RunSelection, collect_runs, list_artifacts, metric_histories, store_sweeps,
+from analysis.collect import (REPORT_TAG, RunSelection, collect_runs, metric_histories, store_sweeps,
                               tracking_client)
 from analysis.tables import (NO_TABLE, TABLES, comparison_caption, comparison_frame, display_frame, flagged_runs,
                              placement_summary, write_other_settings, write_tables)
@@ -99,42 +100,38 @@ def _summary_figures(runs, histories, tracking_uri, folder: Path) -> tuple[list,
 
 
 def checkpoint_runs(runs: pd.DataFrame, tracking_uri: str, max_groups: int = MAX_CHECKPOINT_GROUPS) -> pd.DataFrame:
-    """Per group (every key but the seed), the finished run with the lowest seed that has a
-    ``checkpoints/last.pt`` artifact: chosen by seed number, never by a score."""
+    """Per group (every key but the seed), the finished run with the lowest seed that has an
+    evaluation run holding figures (``emorl evaluate --figures``), else the finished run with the
+    lowest seed (its figures are then reported missing): chosen by seed number, never by a score."""
     chosen = []
     for _, group in runs[runs["status"] == "FINISHED"].groupby(list(GROUP_KEYS), dropna=False, sort=True):
-        for _, run in group.sort_values(["seed", "run_id"]).iterrows():
-            if "checkpoints/last.pt" in list_artifacts(run["run_id"], "checkpoints", tracking_uri):
-                chosen.append(run)
-                break
+        ordered = [run for _, run in group.sort_values(["seed", "run_id"]).iterrows()]
+        chosen.append(next((run for run in ordered if figure_module.figures_evaluation(run, tracking_uri)),
+                           ordered[0]))
         if len(chosen) == max_groups:
             break
     return pd.DataFrame(chosen)
 
 
-def _checkpoint_figures(runs, tracking_uri, folder: Path, data_path, traversal_images: int, max_groups: int,
-                        device: str) -> tuple[list, dict[str, str]]:
+def _checkpoint_figures(runs, tracking_uri, folder: Path, max_groups: int) -> tuple[list, dict[str, str]]:
+    """Decompositions and traversals (and Fig. 11 across models) read from the chosen runs' evaluation
+    runs; a run without them is reported with the command that makes them."""
     made, skipped = [], {}
     chosen = checkpoint_runs(runs, tracking_uri, max_groups)
     if chosen.empty:
-        return made, {"Decompositions and traversals": "no finished run has a checkpoints/last.pt artifact"}
-    models = {}
-    for _, run in chosen.iterrows():
-        try:
-            loaded = figure_module.load_run(run, tracking_uri, data_path, device)
-            models[run["run_id"]] = loaded
-            made.append(figure_module.decomposition(run, tracking_uri, folder, loaded=loaded))
-            made.append(figure_module.latent_traversal(run, tracking_uri, folder, num_images=traversal_images,
-                                                       loaded=loaded))
-        except EmorlError as reason:
-            skipped[f"Decomposition and traversal of {run['run_name']}"] = str(reason)
-    compared = chosen[chosen["run_id"].isin(models)]
-    if compared["model"].nunique() >= 2:  # e.g. the fig11 sweep: EfficientMORL, GENESIS, GENESIS-S
-        try:
-            made.append(figure_module.traversal_comparison(compared, tracking_uri, folder.parent,
-                                                           num_images=traversal_images, loaded=models))
-        except EmorlError as reason:
-            skipped["Fig. 11"] = str(reason)
+        return made, {"Decompositions and traversals": "no finished run"}
+    compared = []
+    with tempfile.TemporaryDirectory(prefix="emorl-figures-") as download_dir:
+        for _, run in chosen.iterrows():
+            try:
+                pictures = figure_module.read_run_figures(run, tracking_uri, download_dir)
+            except EmorlError as reason:
+                skipped[f"Decomposition and traversal of {run['run_name']}"] = str(reason)
+                continue
+            made += figure_module.run_figures(pictures, folder)
+            compared.append(pictures)
+        if len({item.run["model"] for item in compared}) >= 2:  # e.g. the fig11 sweep: EfficientMORL, GENESIS(-S)
+            made.append(figure_module.traversal_comparison(compared, folder.parent))
     return made, skipped
 
 
@@ -272,9 +269,7 @@ def _no_runs_message(selection: RunSelection, tracking_uri: str) -> str:
 
 def build_report(selection: RunSelection, tracking_uri: str | None = None, folder: str | Path | None = None,
                  collapse_ari: float = COLLAPSE_ARI, checkpoint_figures: bool = True,
-                 data_path: str | Path | None = None, traversal_images: int = 100,
-                 max_checkpoint_groups: int = MAX_CHECKPOINT_GROUPS, device: str = "auto", log: bool = True
-                 ) -> ReportResult:
+                 max_checkpoint_groups: int = MAX_CHECKPOINT_GROUPS, log: bool = True) -> ReportResult:
     """Collect the runs of ``selection``, write the report folder and (``log``) log it to MLflow."""
     tracking_uri = tracking_client(tracking_uri).tracking_uri
     runs = collect_runs(selection, tracking_uri)
@@ -287,8 +282,7 @@ def build_report(selection: RunSelection, tracking_uri: str | None = None, folde
     other = write_other_settings(runs, folder / "tables")
     made, skipped = _summary_figures(runs, _histories(runs, tracking_uri), tracking_uri, folder / "figures")
     if checkpoint_figures:
-        more, why = _checkpoint_figures(runs, tracking_uri, folder / "figures" / "runs", data_path, traversal_images,
-                                        max_checkpoint_groups, device)
+        more, why = _checkpoint_figures(runs, tracking_uri, folder / "figures" / "runs", max_checkpoint_groups)
         made, skipped = made + more, {**skipped, **why}
     readme = _readme(selection, tracking_uri, runs, tables, other, made, skipped, folder, collapse_ari)
     (folder / "README.md").write_text(readme)

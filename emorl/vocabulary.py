@@ -42,6 +42,7 @@ RESUMED_WITH = "emorl.resumed_with"  # the settings changed when a run was resum
 EVALUATION_OF = "emorl.evaluation_of"  # on an evaluation run: the training run it evaluates
 EVALUATION_SET = "emorl.evaluation_set"  # on an evaluation run: the data it evaluated on
 CHECKPOINT = "emorl.checkpoint"  # on an evaluation run: the checkpoint file evaluated
+FIGURES = "emorl.figures"  # on an evaluation run made with --figures: the artifact folder of its pictures and arrays
 SWEEP = "emorl.sweep"  # the sweep's name, on its parent and its trials' runs
 SWEEP_TRIAL = "emorl.sweep_trial"  # the trial's id, on a trial's run
 SWEEP_ROLE = "emorl.sweep_role"  # "parent" on a sweep's parent run

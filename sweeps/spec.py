@@ -28,7 +28,7 @@ from emorl.vocabulary import setting_id
 
 SPEC_DIR = Path(__file__).resolve().parent / "specs"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-METRICS = ("ari", "dci", "activeness")
+METRICS = ("ari", "dci", "activeness", "figures")  # `emorl evaluate --metrics`
 
 TOP_KEYS = ("name", "description", "experiment", "optional_experiment", "overrides", "seeds", "variants", "axes",
             "resources", "max_concurrent", "max_failures", "tracking", "output", "evaluation")

@@ -1,6 +1,7 @@
 """The paper's comparisons in the analysis: Table 1's MONet row filled by MONet runs; Fig. 11 (Appendix
-B.1), the leak share of a traversal by hand and the comparison figure drawn from tiny real models of
-EfficientMORL and GENESIS on the textured Multi-dSprites."""
+B.1), the leak share of a traversal by hand (the core computes it, emorl evaluate --figures) and the
+comparison figure drawn by analysis from the arrays of tiny real models of EfficientMORL and GENESIS on
+the textured Multi-dSprites."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from analysis.collect import RunSelection, collect_runs
 from analysis.examples import emorl_tags, log_run
 from analysis.settings import setting_params
 from analysis.tables import TABLE1, table_lines
+from emorl.engine.data import eval_loader
+from emorl.engine.evaluation_figures import leakage_arrays, traversal_leakage
+from emorl.engine.evaluation_run import collect_codes
 from emorl.models import build_model
 from emorl.models.decoder import DecoderOutput
 from emorl.models.sequential import stick_breaking
@@ -60,17 +64,17 @@ class OrderedModel(HalvesModel):
 def test_leak_share_by_hand():
     scene = torch.tensor([[0.0, 3.0], [2.0, 0.0]])
     values = torch.tensor([-1.0, 1.0])
-    images, share, change = figures.traversal_leakage(HalvesModel(), scene, slot=0, dim=0, values=values, device="cpu")
+    images, share, change = traversal_leakage(HalvesModel(), scene, slot=0, dim=0, values=values, device="cpu")
     assert images.shape == (2, 3, 4, 4) and share == 0.0  # only slot 0's half changes
     expected = 3 * 8 * (abs(torch.sigmoid(torch.tensor(-1.0)) - 0.5) + abs(torch.sigmoid(torch.tensor(1.0)) - 0.5))
     assert change == pytest.approx(float(expected) / (2 * 16))
     # Ordered: slot 0 takes sigmoid(z_0[1]) of every pixel's scope. At z = 3 it holds every pixel (region:
     # everywhere, nothing leaks); traversed to -3 it lets slot 1 show through everywhere.
-    _, share, _ = figures.traversal_leakage(OrderedModel(), scene, slot=0, dim=1, values=torch.tensor([-3.0]),
+    _, share, _ = traversal_leakage(OrderedModel(), scene, slot=0, dim=1, values=torch.tensor([-3.0]),
                                             device="cpu")
     assert share == 0.0
     scene[0, 1] = -3.0  # slot 0 now holds no pixel; raising its logit takes over pixels slot 1 had
-    _, share, _ = figures.traversal_leakage(OrderedModel(), scene, slot=0, dim=1, values=torch.tensor([-1.0]),
+    _, share, _ = traversal_leakage(OrderedModel(), scene, slot=0, dim=1, values=torch.tensor([-1.0]),
                                             device="cpu")
     assert share == 1.0  # the change is all outside slot 0's (empty) region: it leaked into the scene
 
@@ -95,15 +99,16 @@ def test_traversal_comparison_of_emorl_and_genesis(textured, tmp_path):
                                 "mask_decoder_channels": [4] * 5, "component_encoder_channels": [4] * 4,
                                 "component_decoder_channels": 4}),
     }
-    loaded, rows = {}, []
+    compared = []
     for index, (name, model) in enumerate(models.items()):
         model.eval()
-        run_id = f"run{index}"
-        loaded[run_id] = figures.LoadedRun(model, {"curriculum": {"test_refine_steps": 1}}, textured)
-        rows.append({"run_id": run_id, "experiment": f"{name}_textured", "variant": "default", "seed": 0,
-                     "model": name, "dataset": "multi_dsprites_textured"})
-    figure = figures.traversal_comparison(pd.DataFrame(rows), None, tmp_path, num_images=8, num_values=4,
-                                          loaded=loaded)
+        codes, masks, true_masks, _ = collect_codes(model, eval_loader(textured, 8, 8), None, 1, torch.device("cpu"),
+                                                    "fp32", 0)
+        run = pd.Series({"run_id": f"run{index}", "experiment": f"{name}_textured", "variant": "default", "seed": 0,
+                         "model": name, "dataset": "multi_dsprites_textured"})
+        leakage = leakage_arrays(model, name, codes, masks, true_masks, torch.device("cpu"), num_values=4)
+        compared.append(figures.RunFigures(run, f"evaluation{index}", tmp_path, tmp_path, {}, {}, leakage))
+    figure = figures.traversal_comparison(compared, tmp_path)
     data = figure.data.set_index("model")
     assert data.loc["genesis", "slot"] == 0 and data.loc["genesis", "slot_choice"] == "the first component"
     assert 0 <= data.loc["efficient_morl", "slot"] < 3
@@ -111,4 +116,4 @@ def test_traversal_comparison_of_emorl_and_genesis(textured, tmp_path):
     assert data.loc["genesis", "dim"] < 4 + 2 and data.loc["efficient_morl", "dim"] < 4
     assert all(path.stat().st_size > 5_000 for path in figure.paths) and "genesis" in figure.caption
     with pytest.raises(figures.MissingData):
-        figures.traversal_comparison(pd.DataFrame(), None, tmp_path)
+        figures.traversal_comparison([], tmp_path)

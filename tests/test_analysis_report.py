@@ -1,5 +1,5 @@
-"""`emorl report` end to end: a tiny real training run (a real checkpoint artifact), `emorl evaluate`,
-then the report folder through emorl.cli.main, logged to the sweep's parent run."""
+"""`emorl report` end to end: a tiny real training run, `emorl evaluate` (with --figures), then the report
+folder through emorl.cli.main, logged to the sweep's parent run."""
 
 import shutil
 
@@ -15,7 +15,8 @@ from emorl.cli import main
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, mlflow_database_template):
-    """A sweep parent run and one smoke run (2 steps) under it, evaluated at I = 0, 1 with activeness."""
+    """A sweep parent run and one smoke run (2 steps) under it, evaluated at I = 0, 1 with activeness and
+    figures (a traversal over 16 test images)."""
     from emorl.config import compose
     from emorl.engine.evaluation_run import run_evaluation
     from emorl.engine.train import train
@@ -31,8 +32,8 @@ def trained(tmp_path_factory, mlflow_database_template):
                    f"tracking.uri={uri}", f"tracking.parent_run_id={parent}", f"trainer.output_dir={folder / 'run'}"])
     result = train(cfg)
     client.set_tag(result.run_id, "emorl.sweep", "e2e")  # what a sweep's trial carries
-    run_evaluation(result.checkpoint, refine_steps=[0, 1], metrics=["ari", "activeness"], num_images=16,
-                   device="cpu", tracking_uri=uri)
+    run_evaluation(result.checkpoint, refine_steps=[0, 1], metrics=["ari", "activeness", "figures"], num_images=16,
+                   device="cpu", tracking_uri=uri, traversal_images=16)
     return uri, parent, result.run_id
 
 
@@ -40,7 +41,7 @@ def trained(tmp_path_factory, mlflow_database_template):
 def test_emorl_report_writes_the_folder_and_logs_it_to_the_parent_run(trained, tmp_path, capsys):
     uri, parent, run_id = trained
     out = tmp_path / "report"
-    code = main(["report", "--sweep", "e2e", "--tracking-uri", uri, "--out", str(out), "--traversal-images", "16"])
+    code = main(["report", "--sweep", "e2e", "--tracking-uri", uri, "--out", str(out)])
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert f"report of 1 runs (1 flagged) written to {out}" in printed  # 2 steps: fg ARI far below 0.5
@@ -49,7 +50,7 @@ def test_emorl_report_writes_the_folder_and_logs_it_to_the_parent_run(trained, t
     for name in ("README.md", "index.html", "runs.csv", "tables/table1.md", "tables/table2.tex", "tables/table3.csv",
                  "figures/fig4_kl_update_norms.png", "figures/fig7_test_time_refinement.pdf",
                  "figures/fig9_activeness.png", f"figures/runs/decomposition_{run_id[:8]}.png",
-                 f"figures/runs/traversal_{run_id[:8]}.png", f"figures/runs/traversal_{run_id[:8]}.pdf"):
+                 f"figures/runs/traversal_{run_id[:8]}.png"):
         assert (out / name).stat().st_size > 500, name
     page = (out / "index.html").read_text()  # self-contained: every image embedded, none linked
     import base64
@@ -67,22 +68,20 @@ def test_emorl_report_writes_the_folder_and_logs_it_to_the_parent_run(trained, t
 
 
 @pytest.mark.slow
-def test_decomposition_and_traversal_from_the_checkpoint_artifact(trained, tmp_path):
+def test_decomposition_and_traversal_read_from_the_evaluation_run(trained, tmp_path):
+    """What `emorl evaluate --figures` logged, read back without the checkpoint: the decomposition is the
+    core's evaluation of the trainer's first test images at the setting's test I."""
     uri, _, run_id = trained
     run = collect_runs(RunSelection(run_ids=[run_id]), uri).iloc[0]
-    loaded = figures.load_run(run, uri)
-    decomposition = figures.decomposition(run, uri, tmp_path, num_images=16, loaded=loaded)
-    # The same model, images and random state as the run's final evaluation (16 images, I = 1); float32
-    # arithmetic, whose last bits may differ between the two passes (another random state would not be close).
-    assert decomposition.data["mse"].mean() == pytest.approx(run["test/mse"], rel=1e-6)
-    assert decomposition.data["fg_ari"].mean() == pytest.approx(run["test/fg_ari"], abs=1e-6)  # float32 means
-    assert decomposition.paths[0].stat().st_size > 5_000
-    traversal = figures.latent_traversal(run, uri, tmp_path, num_images=16, num_dims=4, num_values=5, loaded=loaded)
+    pictures = figures.read_run_figures(run, uri, tmp_path / "download")
+    decomposition, traversal = figures.run_figures(pictures, tmp_path)
+    assert len(decomposition.data) == 8 and decomposition.data["mse"].between(0, 1).all()
+    assert decomposition.paths == [tmp_path / f"decomposition_{run_id[:8]}.png"]
     data = traversal.data
-    assert len(data) == 16 and data["shown"].sum() == 4 and 0 <= data["slot"].iloc[0] < 4  # D = 16, K = 4
+    assert len(data) == 16 and data["shown"].sum() == 8 and 0 <= data["slot"].iloc[0] < 4  # D = 16, K = 4
     assert (data["low"] <= data["high"]).all()
     assert data.loc[data["shown"], "variance"].min() >= data.loc[~data["shown"], "variance"].max()
-    assert all(path.stat().st_size > 5_000 for path in traversal.paths)
+    assert all(path.stat().st_size > 5_000 for path in decomposition.paths + traversal.paths)
 
 
 def test_report_run_when_there_is_no_parent_and_clear_errors(tmp_path, capsys):

@@ -126,8 +126,41 @@ def test_evaluate_dci_and_activeness(trained, capsys):
     assert {"evaluation/tetrominoes/dci_importance.json", "evaluation/tetrominoes/activeness.npy"} <= logged
 
 
+def test_evaluate_figures_writes_pictures_and_arrays_into_the_evaluation_run(trained, capsys):
+    """`--figures`: decomposition of test images 0-7 at the setting's test I (the trainer's evaluation of
+    those images) and the latent traversal, as PNG + npz in the folder and in the evaluation run."""
+    import numpy as np
+
+    uri, result, _ = trained
+    code = main(["evaluate", str(result.checkpoint), "--metrics", "figures", "--traversal-images", "16",
+                 "--tracking-uri", uri])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    evaluation_id = re.search(r"to the evaluation run (\w+)", out).group(1)
+    client = MlflowClient(uri)
+    run = client.get_run(evaluation_id)
+    assert run.data.tags["emorl.figures"] == "evaluation/tetrominoes/figures" and not run.data.metrics
+    names = {"decomposition.png", "decomposition.npz", "traversal.png", "traversal.npz", "traversal_leakage.npz"}
+    logged = {a.path for a in client.list_artifacts(evaluation_id, "evaluation/tetrominoes/figures")}
+    assert logged == {f"evaluation/tetrominoes/figures/{name}" for name in names}
+    folder = result.output_dir / "evaluation" / "tetrominoes" / "figures"
+    assert all((folder / name).stat().st_size > 1_000 for name in names)
+    decomposition = np.load(folder / "decomposition.npz")
+    assert decomposition["images"].shape == (8, 3, 35, 35) and decomposition["masks"].shape == (8, 4, 1, 35, 35)
+    assert list(decomposition["image_index"]) == list(range(8)) and int(decomposition["refine_steps"]) == 1
+    np.testing.assert_allclose(decomposition["masks"].sum(axis=1), 1.0, atol=1e-5)
+    traversal = np.load(folder / "traversal.npz")
+    assert traversal["images"].shape == (8, 7, 3, 35, 35) and int(traversal["num_images"]) == 16  # D = 16, K = 4
+    assert (traversal["low"] <= traversal["high"]).all() and 0 <= int(traversal["slot"]) < 4
+    shown = traversal["variance"][traversal["dims"]]
+    assert shown.min() >= np.delete(traversal["variance"], traversal["dims"]).max()  # the 8 that change most
+    leakage = np.load(folder / "traversal_leakage.npz")
+    assert leakage["images"].shape == (7, 3, 35, 35) and 0 <= float(leakage["leak_share"]) <= 1
+    assert str(leakage["model"]) == "efficient_morl" and int(leakage["dim"]) == int(traversal["dims"][0])
+
+
 @pytest.mark.parametrize("args, message", [
-    (["--metrics", "ari,fid"], "--metrics: unknown ['fid']; choose from ari, dci, activeness"),
+    (["--metrics", "ari,fid"], "--metrics: unknown ['fid']; choose from ari, dci, activeness, figures"),
     (["--data-path", "/nonexistent/file.h5"], "/nonexistent/file.h5"),
 ])
 def test_evaluate_bad_arguments_fail_clearly(trained, capsys, args, message):

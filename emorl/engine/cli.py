@@ -8,6 +8,8 @@ import sys
 from emorl.errors import ConfigError
 from emorl.tracking import UNDELIVERED_EXIT_CODE
 
+METRICS = ("ari", "dci", "activeness", "figures")  # what `emorl evaluate --metrics` computes
+
 
 def _train(args: argparse.Namespace) -> int:
     from emorl.config import compose, default_tracking_uri
@@ -45,14 +47,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     from emorl.engine.evaluation_run import run_evaluation
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    unknown = sorted(set(metrics) - {"ari", "dci", "activeness"})
+    unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
-        raise ConfigError(f"--metrics: unknown {unknown}; choose from ari, dci, activeness")
+        raise ConfigError(f"--metrics: unknown {unknown}; choose from {', '.join(METRICS)}")
+    if args.figures and "figures" not in metrics:
+        metrics.append("figures")
+    if args.traversal_images < 1:
+        raise ConfigError(f"--traversal-images {args.traversal_images}: expected >= 1 (paper: 100)")
     run_evaluation(
         args.checkpoint, refine_steps=args.refine_steps, num_slots=args.num_slots, data=args.data,
         data_path=args.data_path, split=args.split, num_images=args.images, batch_size=args.batch_size,
         metrics=metrics, device=args.device, tracking_uri=args.tracking_uri, output_dir=args.output_dir,
         seed=args.seed, no_tracking=args.no_tracking, refine_objective=args.refine_objective,
+        traversal_images=args.traversal_images,
     )
     return 0
 
@@ -89,7 +96,7 @@ def register(subparsers) -> None:
     train.set_defaults(func=_train)
 
     evaluate = subparsers.add_parser(
-        "evaluate", help="evaluate a checkpoint (ARI, MSE, KL at any test-time I; DCI; activeness)",
+        "evaluate", help="evaluate a checkpoint (ARI, MSE, KL at any test-time I; DCI; activeness; figures)",
         description="Evaluate a checkpoint on a test set at several test-time refinement steps and log the "
                     "metrics in an MLflow run of its own, a child of the training run it evaluates.",
     )
@@ -102,7 +109,14 @@ def register(subparsers) -> None:
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--images", type=int, default=320, help="number of test images (paper: 320)")
     evaluate.add_argument("--batch-size", type=int, default=32)
-    evaluate.add_argument("--metrics", default="ari", help="comma-separated: ari (ARI, MSE, KL), dci, activeness")
+    evaluate.add_argument("--metrics", default="ari",
+                          help="comma-separated: ari (ARI, MSE, KL), dci, activeness, figures (decompositions and "
+                               "latent traversals, PNG and npz, for `emorl report`)")
+    evaluate.add_argument("--figures", action="store_true",
+                          help="add `figures` to --metrics: the decomposition of test images 0-7 at the setting's "
+                               "test I and the latent traversal of one slot of test image 0 (Figs. 5, 11, 16-21)")
+    evaluate.add_argument("--traversal-images", type=int, default=100,
+                          help="with figures: test images that set the traversal ranges (paper: 100)")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--refine-objective", choices=("training", "elbo"), default=None,

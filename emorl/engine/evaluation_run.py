@@ -11,6 +11,10 @@ Metric keys: ``eval/<set>/I<i>/<metric>`` (metric: fg_ari, mse, kl, nll), where 
 names the data and, when it differs from training, the number of slots (``clevr10_K11``);
 ``dci/<set>/{disentanglement,completeness,informativeness,informativeness_train}``; and
 ``activeness/<set>/{activeness_mean,active_dims}`` with the full [images, D] matrix as an artifact.
+With the metric ``figures`` (``--figures``) it also computes decompositions and latent traversals
+(:mod:`emorl.engine.evaluation_figures`): PNGs and the arrays that redraw them, in
+``<evaluation folder>/figures/``, logged under ``evaluation/<set>/figures/`` of the evaluation run,
+which then carries the tag ``emorl.figures`` (that artifact folder).
 """
 
 from __future__ import annotations
@@ -145,11 +149,12 @@ def run_evaluation(checkpoint: str | Path, refine_steps: list[int] | None = None
                    batch_size: int = 32, metrics: list[str] = ("ari",), device: str = "auto",
                    tracking_uri: str | None = None, seed: int = 0, no_tracking: bool = False,
                    refine_objective: str | None = None, output_dir: str | Path | None = None,
-                   tracking: EvaluationTracking | None = None) -> dict[str, float]:
+                   tracking: EvaluationTracking | None = None, traversal_images: int = 100) -> dict[str, float]:
     """Evaluate a checkpoint, print a table, write the results to ``output_dir`` (default: the
     checkpoint's :func:`results_folder` / the set's name) and track them in an evaluation run of
     their own (see the module docstring). ``refine_objective`` (training | elbo) overrides the
-    run's ``evaluate.refine_objective``."""
+    run's ``evaluate.refine_objective``. ``metrics`` may include ``figures`` (decompositions and
+    traversals; ``traversal_images`` test images set the traversal ranges)."""
     device = resolve_device(device)
     model, container, state = load_trained_model(checkpoint, device)
     dataset, set_name = evaluation_set(container, data, data_path, split)
@@ -179,11 +184,19 @@ def run_evaluation(checkpoint: str | Path, refine_steps: list[int] | None = None
                 group = "activeness" if key in ("activeness_mean", "active_dims") else "dci"
                 logged[f"{group}/{set_name}/{key}"] = value
                 print(f"{group}/{set_name}/{key} = {value:.4g}")
+        figures: list[Path] = []
+        if "figures" in metrics:
+            from emorl.engine.evaluation_figures import FOLDER, write_figures
+
+            title = f"{container['name']} / {container['variant']} / seed {container['seed']}, {set_name}"
+            figures = write_figures(model, container, dataset, out_dir / FOLDER, num_slots, device, seed,
+                                    traversal_images, title)
+            print(f"figures: {out_dir / FOLDER}")
         (out_dir / "metrics.json").write_text(json.dumps(logged, indent=1))
         print(f"results: {out_dir}")
         if not no_tracking and (tracking_uri or tracking or container["tracking"].get("backend") != "none"):
             _track(container, state, Path(checkpoint).resolve(), logged, artifacts + [out_dir / "metrics.json"],
-                   out_dir, set_name, tracking or EvaluationTracking(uri=tracking_uri))
+                   out_dir, set_name, tracking or EvaluationTracking(uri=tracking_uri), figures)
     return logged
 
 
@@ -199,7 +212,7 @@ class EvaluationTracking:
 
 
 def _track(container: dict, state: dict, checkpoint: Path, metrics: dict[str, float], artifacts: list[Path],
-           out_dir: Path, set_name: str, where: EvaluationTracking) -> None:
+           out_dir: Path, set_name: str, where: EvaluationTracking, figures: list[Path] = ()) -> None:
     """One evaluation, one MLflow run of its own (never a write into the finished training run):
     linked to the trained run by ``emorl.evaluation_of``, a child of it (or of the evaluation
     sweep's parent run), delivered through a spool in ``out_dir`` like a training run's."""
@@ -226,6 +239,8 @@ def _track(container: dict, state: dict, checkpoint: Path, metrics: dict[str, fl
         vocabulary.SETTING_ID: vocabulary.setting_id(config_module.flatten(container)),
         **vocabulary.system_tags("emorl evaluate", git_commit(), description), **where.tags,
     }
+    if figures:
+        tags[vocabulary.FIGURES] = f"evaluation/{set_name}/figures"
     experiment = where.experiment or container["tracking"].get("experiment", "emorl")
     tracker = MLflowTracker(uri, out_dir)
     tracker.start(experiment, f"evaluate {container['name']}/{container['variant']}/seed{container['seed']} "
@@ -233,6 +248,8 @@ def _track(container: dict, state: dict, checkpoint: Path, metrics: dict[str, fl
     tracker.log_metrics(metrics, int(state.get("step", 0)))
     for path in artifacts:
         tracker.log_artifact(path, f"evaluation/{set_name}")
+    for path in figures:
+        tracker.log_artifact(path, f"evaluation/{set_name}/figures")
     tracker.finish("FINISHED")
     if tracker.run_id and not tracker.pending():
         print(f"logged {len(metrics)} metrics to the evaluation run {tracker.run_id} ({uri})")

@@ -386,7 +386,7 @@ def _run_activeness(run: pd.Series, tracking_uri: str | None, download_dir: Path
             if f"{folder}/activeness.npy" not in list_artifacts(source, folder, tracking_uri):
                 continue
             local = download_artifact(source, f"{folder}/activeness.npy", tracking_uri, download_dir / source)
-            rows.append({**identity, "set": folder.split("/")[-1], "matrix": np.load(local)})
+            rows.append({**identity, "set": folder.split("/")[-1], "matrix": load_array_file(local)})
     return rows
 
 
@@ -467,9 +467,22 @@ def figures_command(run: pd.Series, tracking_uri: str | None) -> str:
     return f"emorl evaluate {output_dir or '<run folder>'}/checkpoints/last.pt --figures"
 
 
-def _arrays(path: Path) -> dict:
-    with np.load(path) as loaded:
-        return {key: loaded[key] for key in loaded.files}
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    return load_array_file(path)
+
+
+def load_array_file(path: Path) -> np.ndarray | dict[str, np.ndarray]:
+    """An .npy array, or the arrays of an .npz file, downloaded from a tracking store, as data only:
+    object arrays (pickles, which could run code) are refused with :class:`MissingData`."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            return loaded
+        with loaded:
+            return {key: loaded[key] for key in loaded.files}
+    except ValueError as error:  # "Object arrays cannot be loaded when allow_pickle=False", or not numpy
+        raise MissingData(f"{path.name}: refused: not plain numeric arrays ({error}); an artifact written by emorl "
+                          "holds numbers only, so this one was altered or not written by emorl") from None
 
 
 def read_run_figures(run: pd.Series, tracking_uri: str | None, download_dir: str | Path) -> RunFigures:

@@ -94,20 +94,33 @@ def test_a_hostile_checkpoint_runs_nothing_through_the_sweep_resumability_check(
     assert not marker.exists()
 
 
-def test_a_hostile_checkpoint_artifact_runs_nothing_when_the_report_loads_it(tmp_path):
-    """The report downloads a run's checkpoints/last.pt from the tracking store: someone who can
-    replace that artifact must not get code run on the machine that builds the report."""
+def test_a_hostile_artifact_runs_nothing_when_the_report_reads_it(tmp_path, capsys):
+    """The report downloads arrays that `emorl evaluate` logged (activeness, figure data) from the
+    tracking store: someone who can replace such an artifact on a shared server must not get code run
+    on the machine that builds the report. It loads no checkpoint at all (analysis only reads)."""
     from mlflow.tracking import MlflowClient
 
-    from analysis.figures import load_run  # the report's checkpoint loader
+    from analysis.collect import RunSelection, collect_runs
+    from analysis.examples import emorl_tags, log_figures_evaluation, log_run
+    from analysis.figures import MissingData, activeness_matrices, read_run_figures
 
     client = MlflowClient()
-    run = client.create_run(client.create_experiment("shared"))
+    experiment = client.create_experiment("shared")
+    trained = log_run(client, experiment, tags=emorl_tags("smoke", "default", 0), metrics={"test/fg_ari": 0.5})
     marker = tmp_path / "pwned"
-    evil = hostile_checkpoint(tmp_path / "upload" / "last.pt", marker)
-    client.log_artifact(run.info.run_id, str(evil), "checkpoints")
-    with pytest.raises(ckpt.CheckpointError, match="refused"):
-        load_run({"run_id": run.info.run_id}, os.environ["MLFLOW_TRACKING_URI"])
+    hostile = np.array([RunsAShellCommand(marker)], dtype=object)
+    folder = tmp_path / "figures"
+    log_figures_evaluation(client, experiment, trained, folder, "efficient_morl")
+    np.savez(folder / "traversal.npz", images=hostile)  # what an attacker uploads in its place
+    evaluation = client.search_runs([experiment], f"tags.`emorl.evaluation_of` = '{trained}'")[0].info.run_id
+    client.log_artifact(evaluation, str(folder / "traversal.npz"), "evaluation/tetrominoes/figures")
+    np.save(tmp_path / "activeness.npy", hostile)
+    client.log_artifact(evaluation, str(tmp_path / "activeness.npy"), "evaluation/tetrominoes")
+    (run,) = [row for _, row in collect_runs(RunSelection(experiment="shared")).iterrows()]
+    with pytest.raises(MissingData, match=r"traversal.npz: refused: not plain numeric arrays"):
+        read_run_figures(run, None, tmp_path / "download")
+    with pytest.raises(MissingData, match=r"activeness.npy: refused"):
+        activeness_matrices(collect_runs(RunSelection(experiment="shared")), None)
     assert not marker.exists()
 
 

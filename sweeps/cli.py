@@ -117,10 +117,19 @@ def _sweep(args: argparse.Namespace) -> int:
     plan = expand(spec, args.overrides, output=args.output, tracking_uri=args.tracking_uri,
                   source_output=args.source_output, only=only)
     print(format_plan(plan))
-    if args.dry_run:
+    if args.dry_run:  # the launch's resource check too; the cost is printed even when a trial does not fit
         from sweeps.cost import estimate_text
+        from sweeps.launch import check_resources
 
+        try:
+            fits = check_resources(plan, LaunchOptions(address=args.address, num_cpus=args.num_cpus,
+                                                       ray_temp_dir=args.ray_temp_dir))
+        except ConfigError as error:
+            fits, refused = None, error
         print(estimate_text(plan, args.cost_from, args.cost_slots, args.num_cpus))
+        if fits is None:
+            raise refused
+        print(fits)
         return 0
     storage = args.storage
     if storage and "://" not in storage:
@@ -168,13 +177,14 @@ def format_plan(plan) -> str:
         names = ", ".join(spec.optional_experiments)
         lines.append(f"  optional: {plan.optional} more trials ({names}), run only when --only selects them, "
                      f"e.g. --only '{spec.optional_experiments[0]}/*'")
-    rows = [("#", "trial", "overrides", "state")]
+    rows = [("#", "trial", "steps", "overrides", "state")]
     for index, trial in enumerate(plan.trials, 1):
         state, detail = trial_state(trial)
-        rows.append((str(index), trial.id, " ".join(trial.overrides) or "-", f"{state} {detail}".strip()))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        rows.append((str(index), trial.id, str(trial.max_steps or "-"), " ".join(trial.overrides) or "-",
+                     f"{state} {detail}".strip()))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
-        lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+        lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
     return "\n".join(lines)
 
 

@@ -337,10 +337,12 @@ def _message(item: dict, loc: tuple) -> str:
     elif loc and loc[-1] == "[key]":
         loc, problem = loc[:-2], f"name {loc[-2]!r} " + PROBLEMS.get(kind, item["msg"]).replace("must be", "is not")
     elif kind == "too_short":
-        problem = f"must be a non-empty mapping (got {_shown(given)})" if isinstance(given, dict) else "is missing or empty"
+        problem = "must be a non-empty mapping" if isinstance(given, dict) else "is missing or empty"
+        problem += f" (got {_shown(given)})" if isinstance(given, dict) else ""
     else:
         integer = "an integer " if isinstance(context.get("gt", context.get("ge")), int) else ""
-        problem = PROBLEMS.get(kind, item["msg"]).format(integer=integer, **context)
+        template = PROBLEMS.get(kind)
+        problem = template.format(integer=integer, **context) if template else item["msg"][:1].lower() + item["msg"][1:]
         problem += "" if kind == "missing" else f" (got {_shown(given)})"
     return f"{_dotted(loc)} {problem}" + (f"; {hint}" if hint else "")
 
@@ -651,7 +653,7 @@ def _expand_evaluation(spec: SweepSpec, output_dir: Path, tracking_uri: str | No
             if any(fnmatch.fnmatchcase(trial.id, pattern) for pattern in evaluation.source.trials):
                 sources.append((trial.id, trial.output_dir / "checkpoints" / "last.pt"))
         if not sources:
-            raise ConfigError(f"{spec.path}: evaluation.source.trials {list(evaluation.source.trials)} match none of "
+            raise ConfigError(f"{spec.path}: evaluation.source.trials {evaluation.source.trials} match none of "
                               f"the trials of {source_spec.name} (e.g. {source_plan.trials[0].id})")
     else:
         for pattern in evaluation.source.checkpoints:
@@ -660,7 +662,7 @@ def _expand_evaluation(spec: SweepSpec, output_dir: Path, tracking_uri: str | No
                 checkpoint = Path(match).expanduser().resolve()
                 sources.append(("/".join(checkpoint.parent.parent.parts[-3:]), checkpoint))
         if not sources:
-            raise ConfigError(f"{spec.path}: evaluation.source.checkpoints {list(evaluation.source.checkpoints)} match no "
+            raise ConfigError(f"{spec.path}: evaluation.source.checkpoints {evaluation.source.checkpoints} match no "
                               "file; give existing checkpoint files (or globs)")
     uri = _absolute_uri(tracking_uri or spec.tracking_uri or source_uri)
     experiment = spec.tracking_experiment or source_experiment or spec.name

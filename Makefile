@@ -21,6 +21,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/emorl sweep quickstart
+	$(VENV)/bin/emorl report --sweep quickstart
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

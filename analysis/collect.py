@@ -12,7 +12,7 @@ hold. :func:`collect_runs` returns a DataFrame with
 - ``setting``: a short hash of the run's parameters except the seed and the parameters that
   do not change the mathematics (where and how it is tracked or logged); runs that differ only
   in their seed share it;
-- ``evaluation_runs``: ids of runs made by ``emorl evaluate --new-run`` for this run (their
+- ``evaluation_runs``: ids of the evaluation runs of this run (``emorl evaluate``; their
   metrics are merged into this row where the run lacks them);
 - ``nonfinite``: the metric keys whose final value is NaN or infinite;
 - ``params.<key>``: every parameter (strings, as MLflow stores them);
@@ -28,8 +28,6 @@ runs), the runs of a sweep attempt replaced by ``emorl sweep --restart`` (their 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import re
@@ -39,29 +37,25 @@ from pathlib import Path
 
 import pandas as pd
 
+from emorl import vocabulary
 from emorl.errors import EmorlError
 
 # The emorl tags that become columns (column name -> tag).
 TAG_COLUMNS = {
-    "experiment": "emorl.experiment",
-    "variant": "emorl.variant",
-    "seed": "emorl.seed",
-    "model": "emorl.model",
-    "dataset": "emorl.dataset",
-    "sweep": "emorl.sweep",
-    "failure": "emorl.failure",
-    "dataset_file": "emorl.dataset_file",
+    "experiment": vocabulary.EXPERIMENT,
+    "variant": vocabulary.VARIANT,
+    "seed": vocabulary.SEED,
+    "model": vocabulary.MODEL,
+    "dataset": vocabulary.DATASET,
+    "sweep": vocabulary.SWEEP,
+    "failure": vocabulary.FAILURE,
+    "dataset_file": vocabulary.DATASET_FILE,
 }
-# Parameters left out of the ``setting`` hash: the seed, and what does not change the mathematics
-# of a run (the same list as emorl.config's config hash, plus the names the tags already carry).
-NON_SETTING_PARAMS = ("seed", "name", "variant", "tracking.", "trainer.progress", "trainer.output_dir",
-                      "trainer.resume", "trainer.log_every", "trainer.num_threads", "data.num_workers",
-                      "trainer.device")
-PARENT_TAG = "mlflow.parentRunId"
-EVALUATION_TAG = "emorl.evaluation_of"
-REPORT_TAG = "emorl.report"  # runs made by `emorl report` to hold a report
-SWEEP_ROLE_TAG = "emorl.sweep_role"  # "parent" on a sweep's parent run
-REPLACED_TAG = "emorl.sweep_replaced"  # on the parent run of a sweep attempt that `--restart` replaced
+PARENT_TAG = vocabulary.PARENT_RUN
+EVALUATION_TAG = vocabulary.EVALUATION_OF
+REPORT_TAG = vocabulary.REPORT  # runs made by `emorl report` to hold a report
+SWEEP_ROLE_TAG = vocabulary.SWEEP_ROLE  # "parent" on a sweep's parent run
+REPLACED_TAG = vocabulary.SWEEP_REPLACED  # on the parent run of a sweep attempt that `--restart` replaced
 PAGE_SIZE = 5000
 
 
@@ -84,7 +78,7 @@ class RunSelection:
 
     def wanted_tags(self) -> dict[str, str]:
         """The tag criteria, the sweep included."""
-        return {**self.tags, **({"emorl.sweep": self.sweep} if self.sweep else {})}
+        return {**self.tags, **({vocabulary.SWEEP: self.sweep} if self.sweep else {})}
 
     def matches(self, tags: dict[str, str]) -> bool:
         """Whether a run with these tags meets the sweep and tag criteria."""
@@ -118,15 +112,8 @@ def tracking_client(tracking_uri: str | None = None):
     return MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
 
 
-def is_setting_param(name: str, ignore: tuple[str, ...] = ()) -> bool:
-    """Whether a parameter defines the run's setting (not the seed, not where it is tracked...)."""
-    return not name.startswith(NON_SETTING_PARAMS) and name not in ignore
-
-
-def setting_hash(params: dict[str, str], ignore: tuple[str, ...] = ()) -> str:
-    """A 10-character hash of the parameters that define a run, the seed (and ``ignore``) excluded."""
-    kept = {k: v for k, v in params.items() if is_setting_param(k, ignore)}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:10] if kept else ""
+is_setting_param = vocabulary.defines_setting  # whether a parameter is part of the setting
+setting_hash = vocabulary.setting_id  # the setting's id from a run's parameters (as its tag has it)
 
 
 def _search(client, experiment_ids: list[str], filter_string: str) -> list:
@@ -179,7 +166,7 @@ def _row(run, experiment_names: dict[str, str]) -> dict:
     for column, tag in TAG_COLUMNS.items():
         row[column] = tags.get(tag, "")
     row["seed"] = int(row["seed"]) if re.fullmatch(r"-?\d+", row["seed"]) else pd.NA
-    row["setting"] = setting_hash(run.data.params)
+    row["setting"] = tags.get(vocabulary.SETTING_ID) or setting_hash(run.data.params)
     row["evaluation_runs"] = ""
     row.update({f"params.{k}": v for k, v in run.data.params.items()})
     return row
@@ -198,7 +185,7 @@ def _replaced_parents(client, parent_ids: set[str]) -> set[str]:
 
 
 def _evaluation_runs(client, experiment_ids: list[str], run_ids: set[str]) -> dict[str, list]:
-    """Runs made by ``emorl evaluate --new-run`` for the given runs, by the run they evaluate."""
+    """The evaluation runs (``emorl evaluate``, evaluation sweeps) of the given runs, by the run they evaluate."""
     found: dict[str, list] = {}
     for run in _search(client, experiment_ids, f"tags.`{EVALUATION_TAG}` != ''"):
         target = run.data.tags.get(EVALUATION_TAG, "")
@@ -207,17 +194,47 @@ def _evaluation_runs(client, experiment_ids: list[str], run_ids: set[str]) -> di
     return found
 
 
+def _runs_evaluated_by(client, runs: list) -> list:
+    """The training runs that the evaluation runs among ``runs`` evaluate (an evaluation sweep's
+    selection reports the runs it evaluated), those not selected already."""
+    have = {r.info.run_id for r in runs}
+    wanted = sorted({r.data.tags[EVALUATION_TAG] for r in runs if r.data.tags.get(EVALUATION_TAG)} - have)
+    found = []
+    for run_id in wanted:
+        try:
+            found.append(client.get_run(run_id))
+        except Exception:  # a trained run tracked in another store: its evaluation is reported without it
+            continue
+    return found
+
+
+def _trial_runs(client, runs: list) -> list:
+    """The runs that are trials: not sweep parents, evaluation or report runs, nor runs of a replaced attempt."""
+    parents = {r.data.tags.get(PARENT_TAG) for r in runs if EVALUATION_TAG not in r.data.tags}
+    replaced = _replaced_parents(client, parents - {None})
+    return [r for r in runs if r.info.run_id not in parents and r.data.tags.get(SWEEP_ROLE_TAG) != "parent"
+            and EVALUATION_TAG not in r.data.tags and REPORT_TAG not in r.data.tags
+            and r.data.tags.get(PARENT_TAG) not in replaced]
+
+
+def store_sweeps(tracking_uri: str | None = None) -> tuple[dict[str, int], int]:
+    """({sweep name: its trial runs}, all trial runs) of a store, sweeps by name: what ``--sweep`` can select."""
+    client = tracking_client(tracking_uri)
+    trials = _trial_runs(client, _search(client, _experiment_ids(client, None), ""))
+    counts: dict[str, int] = {}
+    for run in trials:
+        if run.data.tags.get(TAG_COLUMNS["sweep"]):
+            counts[run.data.tags[TAG_COLUMNS["sweep"]]] = counts.get(run.data.tags[TAG_COLUMNS["sweep"]], 0) + 1
+    return dict(sorted(counts.items())), len(trials)
+
+
 def collect_runs(selection: RunSelection, tracking_uri: str | None = None) -> pd.DataFrame:
     """The runs of ``selection`` as a tidy table (see the module docstring); sorted by
     experiment, variant, model, dataset, seed. An empty selection gives an empty table with
     the identity columns."""
     client = tracking_client(tracking_uri)
     runs = _fetch_runs(client, selection)
-    parents = {r.data.tags.get(PARENT_TAG) for r in runs}
-    replaced = _replaced_parents(client, parents - {None})
-    runs = [r for r in runs if r.info.run_id not in parents and r.data.tags.get(SWEEP_ROLE_TAG) != "parent"
-            and EVALUATION_TAG not in r.data.tags and REPORT_TAG not in r.data.tags
-            and r.data.tags.get(PARENT_TAG) not in replaced]
+    runs = _trial_runs(client, runs + _runs_evaluated_by(client, runs))
     experiment_names = {e.experiment_id: e.name for e in client.search_experiments()}
     extra = _evaluation_runs(client, list(experiment_names), {r.info.run_id for r in runs}) if runs else {}
     rows, metric_rows = [], []

@@ -19,16 +19,18 @@ from pathlib import Path
 
 import numpy as np
 
+from emorl import vocabulary
+
 SYNTHETIC_NOTE = "SYNTHETIC DATA: example runs made up by analysis/examples.py, not results"
 
 
 def emorl_tags(experiment: str, variant: str, seed: int, model: str = "efficient_morl", dataset: str | None = None,
                sweep: str | None = None, **extra: str) -> dict[str, str]:
-    """The tags the trainer sets on a run (``emorl.*``)."""
-    tags = {"emorl.experiment": experiment, "emorl.variant": variant, "emorl.seed": str(seed),
-            "emorl.model": model, "emorl.dataset": dataset or experiment}
+    """The tags the trainer sets on a run (``emorl.*``, :mod:`emorl.vocabulary`)."""
+    tags = {vocabulary.RUN_KIND: "training", vocabulary.EXPERIMENT: experiment, vocabulary.VARIANT: variant,
+            vocabulary.SEED: str(seed), vocabulary.MODEL: model, vocabulary.DATASET: dataset or experiment}
     if sweep:
-        tags["emorl.sweep"] = sweep
+        tags[vocabulary.SWEEP] = sweep
     tags.update({k: str(v) for k, v in extra.items()})
     return tags
 
@@ -71,12 +73,11 @@ def _curve(steps: np.ndarray, start: float, end: float, rate: float, noise: floa
     return list(zip(steps.tolist(), values.tolist()))
 
 
-def _params(steps: int, refine_steps: int = 3, test_refine_steps: int = 1, layers: int = 3, geco: bool = True,
-            dual_gru: bool = True) -> dict:
-    return {"trainer.max_steps": steps, "curriculum.refine_steps": refine_steps,
-            "curriculum.test_refine_steps": test_refine_steps, "model.stochastic_layers": layers,
-            "model.latent_dim": 64, "model.num_slots": 7, "loss.geco.enabled": geco, "model.dual_gru": dual_gru,
-            "model.prior": "reversed++"}
+def _params(experiment: str, **changes) -> dict:
+    """The parameters a run of the paper setting ``experiment`` logs, with ``changes`` (dotted keys)."""
+    from analysis.settings import setting_params
+
+    return setting_params(experiment, changes)
 
 
 def _activeness(rng, images: int, dims: int, active: int) -> np.ndarray:
@@ -118,7 +119,7 @@ def log_synthetic_study(tracking_uri: str, work_dir: str | Path, seeds: int = 5,
                 np.save(path, _activeness(rng, 100, 64, 10))
                 artifacts["evaluation/clevr6"] = [path]
             log_run(client, experiment, tags=emorl_tags(dataset, "default", seed, dataset=dataset, sweep=sweep),
-                    params=_params(300_000), metrics=metrics, histories=histories, artifacts=artifacts)
+                    params=_params(dataset), metrics=metrics, histories=histories, artifacts=artifacts)
         # Slot Attention on CLEVR6, one collapsed run (Tables 1 and 3, Fig. 9d).
         path = arrays / f"slot_attention_{seed}" / "activeness.npy"
         path.parent.mkdir(exist_ok=True)
@@ -129,24 +130,26 @@ def log_synthetic_study(tracking_uri: str, work_dir: str | Path, seeds: int = 5,
                         (("disentanglement", 0.46), ("completeness", 0.38), ("informativeness", 0.34))})
         log_run(client, experiment, tags=emorl_tags("slot_attention_clevr6", "default", seed, "slot_attention",
                                                     "clevr6", sweep=sweep),
-                params=_params(500_000, layers=0), metrics=metrics, artifacts={"evaluation/clevr6": [path]})
+                params=_params("slot_attention_clevr6"), metrics=metrics, artifacts={"evaluation/clevr6": [path]})
         # Table 2 ablations (CLEVR6 at 50K steps).
         for variant, ari, mse, kl, settings in (
-                ("without_dual_gru", 0.797, 8.1e-4, 1357, {"dual_gru": False}),
-                ("without_geco", 0.799, 9.9e-4, 177, {"geco": False}), ("full", 0.824, 8.3e-4, 692, {})):
+                ("without_dual_gru", 0.797, 8.1e-4, 1357, {"model.dual_gru": False}),
+                ("without_geco", 0.799, 9.9e-4, 177, {"loss.geco.enabled": False}), ("full", 0.824, 8.3e-4, 692, {})):
             log_run(client, experiment, tags=emorl_tags("clevr6", variant, seed, sweep=sweep + "-ablation"),
-                    params=_params(50_000, **settings), metrics={"test/fg_ari": ari + rng.normal(0, 0.06),
-                                                     "test/mse": mse + rng.normal(0, 1.5e-4),
-                                                     "test/kl": kl + rng.normal(0, 0.2 * kl)})
+                    params=_params("clevr6", **{"trainer.max_steps": 50_000, **settings}),
+                    metrics={"test/fg_ari": ari + rng.normal(0, 0.06), "test/mse": mse + rng.normal(0, 1.5e-4),
+                             "test/kl": kl + rng.normal(0, 0.2 * kl)})
         # Fig. 3: training I in {0, 1, 3}.
         for refine_steps, end in ((0, 2200.0), (1, 1400.0), (3, 1250.0)):
             log_run(client, experiment, tags=emorl_tags("clevr6", f"I{refine_steps}", seed, sweep=sweep + "-fig3"),
-                    params=_params(50_000, refine_steps=refine_steps, test_refine_steps=refine_steps),
+                    params=_params("clevr6", **{"trainer.max_steps": 50_000, "curriculum.refine_steps": refine_steps,
+                                               "curriculum.test_refine_steps": refine_steps}),
                     histories={"train/loss": _curve(steps, 6000, end, 6000, 60, rng)})
         # Fig. 8: L in {0, ..., 4}.
         for layers, ari in ((0, 0.80), (1, 0.88), (2, 0.93), (3, 0.96), (4, 0.94)):
             log_run(client, experiment, tags=emorl_tags("clevr6", f"L{layers}", seed, sweep=sweep + "-fig8"),
-                    params=_params(300_000, layers=layers), metrics={"test/fg_ari": ari + rng.normal(0, 0.02)})
+                    params=_params("clevr6", **{"model.stochastic_layers": layers}),
+                    metrics={"test/fg_ari": ari + rng.normal(0, 0.02)})
     return experiment
 
 

@@ -6,6 +6,7 @@ Layout of the folder (see docs/analysis.md)::
     index.html         the same with every figure shown
     runs.csv           the tidy run table (one row per run, flags included)
     tables/table{1,2,3}.{md,tex,csv}
+    tables/other_settings.md, tables/placement.csv   the groups in no paper row; where every group went
     figures/fig*.{png,pdf}
     figures/runs/decomposition_<run>.png, traversal_<run>.{png,pdf}
     figures/fig11_traversal_comparison.{png,pdf}   (when the runs drawn hold two models or more)
@@ -16,6 +17,7 @@ one, else into a new run tagged ``emorl.report`` (which later collections leave 
 
 from __future__ import annotations
 
+import base64
 import html
 import re
 import shutil
@@ -28,8 +30,10 @@ import pandas as pd
 
 from analysis import figures as figure_module
 from analysis.aggregate import ARI_KEY, COLLAPSE_ARI, GROUP_KEYS, flag_runs
-from analysis.collect import REPORT_TAG, RunSelection, collect_runs, list_artifacts, metric_histories, tracking_client
-from analysis.tables import TABLES, comparison_caption, comparison_frame, display_frame, flagged_runs, write_tables
+from analysis.collect import (REPORT_TAG, RunSelection, collect_runs, list_artifacts, metric_histories, store_sweeps,
+                              tracking_client)
+from analysis.tables import (NO_TABLE, TABLES, comparison_caption, comparison_frame, display_frame, flagged_runs,
+                             placement_summary, write_other_settings, write_tables)
 from emorl.errors import EmorlError
 
 MAX_CHECKPOINT_GROUPS = 4
@@ -157,16 +161,17 @@ def _summary_line(runs: pd.DataFrame, collapse_ari: float) -> str:
             f"(status not FINISHED, non-finite loss or metric, or {ARI_KEY} < {collapse_ari:g}).")
 
 
-def _readme(selection, tracking_uri, runs, tables, made, skipped, folder: Path, collapse_ari: float) -> str:
+def _readme(selection, tracking_uri, runs, tables, other, made, skipped, folder: Path, collapse_ari: float) -> str:
     text = [f"# emorl report: {selection.describe()}", "",
             f"Tracking store: `{tracking_uri}`. Made {time.strftime('%Y-%m-%d %H:%M:%S')}.", "",
-            _summary_line(runs, collapse_ari), "",
+            _summary_line(runs, collapse_ari), "", placement_summary(other["placement"]), "",
             "## Groups (every key but the seed)", "", _markdown_frame(_groups_frame(runs)),
             "## Flagged runs", "", _markdown_frame(flagged_runs(runs)), "## Tables", ""]
     for number, table in tables.items():
         text += [table["markdown"], f"Files: [md](tables/table{number}.md), [LaTeX](tables/table{number}.tex), "
                  f"[CSV](tables/table{number}.csv)", ""]
-    text += ["## Figures", ""]
+    text += [other["markdown"], "Files: [md](tables/other_settings.md), [where every group went (CSV)]"
+             "(tables/placement.csv)", "", "## Figures", ""]
     for figure in made:
         png = next(p for p in figure.paths if p.suffix == ".png")
         text.append(f"- [{figure.caption or figure.name}]({png.relative_to(folder).as_posix()})")
@@ -175,7 +180,25 @@ def _readme(selection, tracking_uri, runs, tables, made, skipped, folder: Path, 
     return "\n".join(text) + "\n"
 
 
-def _index_html(selection, readme_head: str, runs, tables, made, skipped, folder: Path) -> str:
+def embedded_png(path: Path) -> str:
+    """A PNG as a data URI: the HTML holds its images, so it renders wherever it is opened (MLflow's
+    artifact viewer, a browser on a copy of the file)."""
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _other_settings_html(other: dict) -> list[str]:
+    placed = other["placement"]
+    missing = placed[placed["destination"] == NO_TABLE]
+    parts = ["<h3>Where the runs went</h3>", f"<p>{html.escape(placement_summary(placed))}</p>",
+             "<h3>Other settings (not the paper's: no paper number beside them)</h3>",
+             other["frame"].to_html(index=False, border=0) if not other["frame"].empty else "<p>(none)</p>",
+             "<h3>In no table</h3>"]
+    parts.append("<ul>" + "".join(f"<li>{html.escape(f'{r.experiment} / {r.variant} ({r.runs} runs): {r.where}')}"
+                                  "</li>" for r in missing.itertuples()) + "</ul>" if len(missing) else "<p>(none)</p>")
+    return parts
+
+
+def _index_html(selection, readme_head: str, runs, tables, other, made, skipped, folder: Path) -> str:
     parts = [f"<h1>emorl report: {html.escape(selection.describe())}</h1>", f"<p>{html.escape(readme_head)}</p>",
              "<h2>Groups (every key but the seed)</h2>", _groups_frame(runs).to_html(index=False, border=0),
              "<h2>Flagged runs</h2>", flagged_runs(runs).to_html(index=False, border=0), "<h2>Tables</h2>"]
@@ -190,12 +213,13 @@ def _index_html(selection, readme_head: str, runs, tables, made, skipped, folder
                       f"<p>{html.escape(comparison_caption(spec, table['lines']))}</p>"]
         parts.append(f'<p><a href="tables/table{number}.md">md</a> | <a href="tables/table{number}.tex">LaTeX</a> | '
                      f'<a href="tables/table{number}.csv">CSV</a></p>')
+    parts += _other_settings_html(other)
     parts.append("<h2>Figures</h2>")
     for figure in made:
         links = " | ".join(f'<a href="{p.relative_to(folder).as_posix()}">{p.suffix[1:].upper()}</a>'
                            for p in figure.paths)
         png = next(p for p in figure.paths if p.suffix == ".png")
-        parts.append(f'<figure><img src="{png.relative_to(folder).as_posix()}" alt="{html.escape(figure.name)}">'
+        parts.append(f'<figure><img src="{embedded_png(png)}" alt="{html.escape(figure.name)}">'
                      f"<figcaption>{html.escape(figure.caption or figure.name)} ({links})</figcaption></figure>")
     if skipped:
         parts.append("<h3>Not drawn</h3><ul>" + "".join(f"<li>{html.escape(n)}: {html.escape(r)}</li>"
@@ -232,18 +256,18 @@ def log_report(folder: Path, selection: RunSelection, runs: pd.DataFrame, tracki
     return run_id
 
 
-def _evaluation_sweep_hint(selection: RunSelection, tracking_uri: str) -> str:
-    """When the sweep asked for is an evaluation sweep: where its metrics went."""
-    if not selection.sweep:
-        return ""
-    client = tracking_client(tracking_uri)
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    found = client.search_runs(experiments, f"tags.`emorl.sweep` = '{selection.sweep}' and "
-                               "tags.`emorl.sweep_kind` = 'evaluation'", max_results=1)
-    if not found:
-        return ""
-    return (f". Sweep {selection.sweep!r} is an evaluation sweep: its metrics were logged into the runs it "
-            f"evaluated; report the sweep that trained them (e.g. emorl report --sweep table1)")
+def _no_runs_message(selection: RunSelection, tracking_uri: str) -> str:
+    """Why nothing was selected: an empty store says how to get runs; otherwise the sweeps it holds."""
+    sweeps, total = store_sweeps(tracking_uri)
+    if total == 0:
+        return (f"the tracking store {tracking_uri} holds no runs. Get some: `make demo` (= emorl sweep quickstart, "
+                "a few minutes on CPU), then `emorl report --sweep quickstart`; or train a paper setting, e.g. "
+                "`emorl sweep table1`; or pass --tracking-uri for another store")
+    listed = ", ".join(f"{name} ({count} runs)" for name, count in sweeps.items()) or "none"
+    unswept = total - sum(sweeps.values())
+    return (f"no runs match {selection.describe()} in {tracking_uri}. Sweeps in this store: {listed}"
+            + (f"; {unswept} runs belong to no sweep (select them with --experiment or --tag)" if unswept else "")
+            + ". E.g. emorl report --sweep " + (next(iter(sweeps)) if sweeps else "NAME"))
 
 
 def build_report(selection: RunSelection, tracking_uri: str | None = None, folder: str | Path | None = None,
@@ -255,21 +279,21 @@ def build_report(selection: RunSelection, tracking_uri: str | None = None, folde
     tracking_uri = tracking_client(tracking_uri).tracking_uri
     runs = collect_runs(selection, tracking_uri)
     if runs.empty:
-        raise EmorlError(f"no runs match {selection.describe()} in {tracking_uri}; check the sweep name or filters "
-                         "(tags: emorl.sweep, emorl.experiment, emorl.variant, ...) or pass --tracking-uri"
-                         + _evaluation_sweep_hint(selection, tracking_uri))
+        raise EmorlError(_no_runs_message(selection, tracking_uri))
     runs = flag_runs(runs, _table_metrics(runs), collapse_ari)
     folder = prepare_folder(Path(folder) if folder else default_folder(selection))
     runs.to_csv(folder / "runs.csv", index=False)
     tables = write_tables(runs, folder / "tables")
+    other = write_other_settings(runs, folder / "tables")
     made, skipped = _summary_figures(runs, _histories(runs, tracking_uri), tracking_uri, folder / "figures")
     if checkpoint_figures:
         more, why = _checkpoint_figures(runs, tracking_uri, folder / "figures" / "runs", data_path, traversal_images,
                                         max_checkpoint_groups, device)
         made, skipped = made + more, {**skipped, **why}
-    readme = _readme(selection, tracking_uri, runs, tables, made, skipped, folder, collapse_ari)
+    readme = _readme(selection, tracking_uri, runs, tables, other, made, skipped, folder, collapse_ari)
     (folder / "README.md").write_text(readme)
-    head = f"Tracking store: {tracking_uri}. {_summary_line(runs, collapse_ari)}"
-    (folder / "index.html").write_text(_index_html(selection, head, runs, tables, made, skipped, folder))
+    head = (f"Tracking store: {tracking_uri}. {_summary_line(runs, collapse_ari)} "
+            f"{placement_summary(other['placement'])}")
+    (folder / "index.html").write_text(_index_html(selection, head, runs, tables, other, made, skipped, folder))
     logged_to = log_report(folder, selection, runs, tracking_uri) if log else None
     return ReportResult(folder, logged_to, runs, made, skipped)

@@ -1,20 +1,29 @@
 """Tables 1, 2 and 3 of the paper from tracked runs, with the published numbers beside ours.
 
-Which runs fill which row (tags of the run; the variant names are the ones sweeps must use):
+Which runs fill which row: only runs of the row's paper setting (:class:`analysis.settings.Setting`,
+data: the experiment, model and dataset tags and the values of the defining parameters, steps and
+image size included; variant and sweep names never decide a row):
 
-- **Table 1** (ARI, ``test/fg_ari``): one row per model and dataset. ``emorl.model``
-  efficient_morl -> EfficientMORL, slot_attention -> Slot Attention, iodine -> IODINE,
-  monet -> MONet, slot_mlp -> Slot MLP; ``emorl.dataset`` clevr6, multi_dsprites, tetrominoes;
-  ``emorl.variant`` one of :data:`FULL_MODEL_VARIANTS` (the IODINE, MONet and Slot MLP runs come from
-  ``emorl sweep table1 --only ...``). The paper's own Slot Attention replication has no runs here:
-  its row shows the paper's numbers only.
-- **Table 2** (ARI ``test/fg_ari``, MSE ``test/mse``, KL ``test/kl``): EfficientMORL runs of the
-  ablation variants (:data:`ABLATION_VARIANTS`) on clevr6 and tetrominoes, each in the row its
-  parameters give (``model.dual_gru``, ``loss.geco.enabled``, ``model.prior``; see :data:`TABLE2`).
+- **Table 1** (ARI, ``test/fg_ari``): one row per model and dataset, filled by the runs of that
+  model's experiment file for the dataset (EfficientMORL: ``tetrominoes``, ``multi_dsprites``,
+  ``clevr6``; the baselines: ``<model>_<dataset>``, e.g. ``slot_attention_clevr6``; the IODINE,
+  MONet and Slot MLP runs come from ``emorl sweep table1 --only ...``). The Tetrominoes row takes
+  table1's three Tetrominoes settings (GECO, ``tetrominoes_without_geco``,
+  ``tetrominoes_authors_recipe``), each on its own line. The paper's own Slot Attention
+  replication has no runs here: its row shows the paper's numbers only.
+- **Table 2** (ARI ``test/fg_ari``, MSE ``test/mse``, KL ``test/kl``): EfficientMORL on CLEVR6 at
+  50K steps (``clevr6`` with ``trainer.max_steps=50000``) and on Tetrominoes at 200K, each row its
+  switch (``model.dual_gru``, ``loss.geco.enabled``, ``model.prior``; see :data:`TABLE2`).
   Tetrominoes follows the table's labels: "EfficientMORL" is GECO off, "w/ GECO" is GECO on (the
   paper's Appendix F.2 says its Tetrominoes model used GECO; sweeps/specs/table2_tetrominoes.yaml).
 - **Table 3** (DCI, ``dci/clevr6/{disentanglement,completeness,informativeness}`` from
-  ``emorl evaluate --metrics dci``): Slot Attention and EfficientMORL on clevr6, full-model variants.
+  ``emorl evaluate --metrics dci``): Slot Attention and EfficientMORL in their CLEVR6 settings.
+
+**Other settings** (:func:`placement`, :func:`other_settings_lines`): every group of runs (same
+setting but the seed) that fills no paper row is listed in a table of its own, its setting spelled
+out (experiment, variant, steps, what differs from the nearest paper setting) with our statistics
+and no paper number; a group with no value of any table metric is named with the reason. Nothing
+is dropped silently.
 
 Units as the paper prints them: ARI in percent, MSE x 1e-4 (the cell shows MSE * 1e4), KL in
 nats, DCI in [0, 1]. Each cell reads ``mean +- std (n=N)`` (std with ddof = 1), with the 95%
@@ -47,9 +56,8 @@ import pandas as pd
 
 from analysis.aggregate import (ALL_RUNS, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, GROUP_KEYS, WITHOUT_FLAGGED, Comparison,
                                 aggregate, compare, describe_differences, finite_values, holm, welch_from_summaries)
+from analysis.settings import EXPERIMENT_SETTINGS, Setting, paper_setting, setting_groups, spell_setting
 
-# Variant names that mean "the full model as the paper trains it".
-FULL_MODEL_VARIANTS = ("default", "full")
 DATASET_NAMES = {"clevr6": "CLEVR6", "multi_dsprites": "Multi-dSprites", "tetrominoes": "Tetrominoes"}
 EMPTY = "\u2013"  # en dash
 PAPER_RESULTS = Path(__file__).resolve().with_name("paper_results.csv")
@@ -71,14 +79,12 @@ class Metric:
 
 @dataclass(frozen=True)
 class Row:
-    """A table row: the paper's label, our dataset name, and the runs that belong to it (tags
-    ``emorl.model`` and ``emorl.variant``, and parameter values, compared case-insensitively)."""
+    """A table row: the paper's label, our dataset name, and the paper setting whose runs fill it
+    (None: no runs of ours can fill it; see :mod:`analysis.settings`)."""
 
     label: str
     dataset: str
-    models: tuple[str, ...] = ()  # empty: no runs of ours can fill it
-    variants: tuple[str, ...] = FULL_MODEL_VARIANTS
-    params: tuple[tuple[str, str], ...] = ()  # (parameter, value) pairs a run must have
+    setting: Setting | None = None
 
 
 @dataclass(frozen=True)
@@ -96,37 +102,45 @@ KL = Metric("test/kl", "KL", "KL", 1.0, 1)
 DCI = tuple(Metric(f"dci/{{dataset}}/{name}", f"DCI_{name}", name.capitalize(), 1.0, 2)
             for name in ("disentanglement", "completeness", "informativeness"))
 
-_TABLE1_MODELS = (("Slot Attention", ("slot_attention",)), ("Slot Attention (replicated)", ()), ("IODINE", ("iodine",)),
-                  ("MONet", ("monet",)), ("Slot MLP", ("slot_mlp",)), ("EfficientMORL", ("efficient_morl",)))
+# Table 1: the models' experiment files (the Tetrominoes row takes all three of table1's settings,
+# each on its own line: GECO as App. F.2, without GECO as the table suggests, the authors' recipe).
+_TABLE1_MODELS = (("Slot Attention", "slot_attention"), ("Slot Attention (replicated)", None), ("IODINE", "iodine"),
+                  ("MONet", "monet"), ("Slot MLP", "slot_mlp"), ("EfficientMORL", ""))
+_EMORL_TABLE1 = {"tetrominoes": ("tetrominoes", "tetrominoes_without_geco", "tetrominoes_authors_recipe"),
+                 "multi_dsprites": ("multi_dsprites",), "clevr6": ("clevr6",)}
+
+
+def _table1_setting(model: str | None, dataset: str) -> Setting | None:
+    if model is None:
+        return None
+    experiments = (f"{model}_{dataset}",) if model else _EMORL_TABLE1[dataset]
+    return paper_setting(*experiments) if experiments[0] in EXPERIMENT_SETTINGS else None
+
+
 TABLE1 = TableSpec("1", "Multi-object benchmark: foreground ARI", (ARI,), tuple(
-    Row(label, dataset, models) for dataset in DATASET_NAMES for label, models in _TABLE1_MODELS))
+    Row(label, dataset, _table1_setting(model, dataset))
+    for dataset in DATASET_NAMES for label, model in _TABLE1_MODELS))
 
-EMORL = ("efficient_morl",)
-# Table 2 takes the runs of these variants (the names of sweeps/specs/table2_*.yaml and a few
-# spellings) and puts each in the row its parameters say: a variant's name never decides the row.
-ABLATION_VARIANTS = ("default", "full", "without_dual_gru", "without_dualgru", "no_dualgru", "without_geco",
-                     "no_geco", "with_geco", "geco", "bottom_up_prior", "reversed_prior")
-GECO_ON, GECO_OFF = ("loss.geco.enabled", "true"), ("loss.geco.enabled", "false")
-DUAL_GRU, NO_DUAL_GRU = ("model.dual_gru", "true"), ("model.dual_gru", "false")
-PRIOR_PP = ("model.prior", "reversed++")
-
-
-def _ablation(label: str, dataset: str, *params: tuple[str, str]) -> Row:
-    return Row(label, dataset, EMORL, ABLATION_VARIANTS, params)
-
-
+# Table 2: CLEVR6 at 50K steps (Appendix D) and Tetrominoes at the paper's 200K, each row the setting
+# with its switches; the Tetrominoes prior rows keep the experiment's GECO (either way).
+_CLEVR6_50K = {"trainer.max_steps": "50000"}
+_TETROMINOES_T2 = ("tetrominoes", "tetrominoes_without_geco")
 TABLE2 = TableSpec("2", "Ablations (CLEVR6 at 50K steps, Tetrominoes)", (ARI, MSE, KL), (
-    _ablation("EfficientMORL w/out DualGRU", "clevr6", NO_DUAL_GRU, GECO_ON, PRIOR_PP),
-    _ablation("EfficientMORL w/out GECO", "clevr6", DUAL_GRU, GECO_OFF, PRIOR_PP),
-    _ablation("EfficientMORL", "clevr6", DUAL_GRU, GECO_ON, PRIOR_PP),
-    _ablation("EfficientMORL w/ GECO", "tetrominoes", DUAL_GRU, GECO_ON, PRIOR_PP),
-    _ablation("EfficientMORL w/ bottom-up prior", "tetrominoes", DUAL_GRU, ("model.prior", "bottom_up")),
-    _ablation("EfficientMORL w/ reversed prior", "tetrominoes", DUAL_GRU, ("model.prior", "reversed")),
-    _ablation("EfficientMORL", "tetrominoes", DUAL_GRU, GECO_OFF, PRIOR_PP),
+    Row("EfficientMORL w/out DualGRU", "clevr6", paper_setting("clevr6", changes={**_CLEVR6_50K,
+                                                                                  "model.dual_gru": "false"})),
+    Row("EfficientMORL w/out GECO", "clevr6", paper_setting("clevr6", changes={**_CLEVR6_50K,
+                                                                               "loss.geco.enabled": "false"})),
+    Row("EfficientMORL", "clevr6", paper_setting("clevr6", changes=_CLEVR6_50K)),
+    Row("EfficientMORL w/ GECO", "tetrominoes", paper_setting("tetrominoes")),
+    Row("EfficientMORL w/ bottom-up prior", "tetrominoes",
+        paper_setting(*_TETROMINOES_T2, changes={"model.prior": "bottom_up"})),
+    Row("EfficientMORL w/ reversed prior", "tetrominoes",
+        paper_setting(*_TETROMINOES_T2, changes={"model.prior": "reversed"})),
+    Row("EfficientMORL", "tetrominoes", paper_setting("tetrominoes_without_geco")),
 ), reference="EfficientMORL")
 TABLE3 = TableSpec("3", "DCI on CLEVR6", DCI, (
-    Row("Slot Attention", "clevr6", ("slot_attention",)),
-    Row("EfficientMORL", "clevr6", EMORL),
+    Row("Slot Attention", "clevr6", paper_setting("slot_attention_clevr6")),
+    Row("EfficientMORL", "clevr6", paper_setting("clevr6")),
 ), reference="EfficientMORL")
 TABLES = (TABLE1, TABLE2, TABLE3)
 
@@ -147,21 +161,11 @@ def _paper_value(paper: pd.DataFrame, spec: TableSpec, row: Row, metric: Metric)
             "paper_n": pd.NA if pd.isna(first["n_seeds"]) else int(first["n_seeds"]), "paper_note": note}
 
 
-def _row_runs(runs: pd.DataFrame, row: Row) -> pd.DataFrame:
-    if not row.models or runs.empty:
-        return runs.iloc[0:0]
-    chosen = runs["dataset"].eq(row.dataset) & runs["model"].isin(row.models) & runs["variant"].isin(row.variants)
-    for name, value in row.params:
-        column = f"params.{name}"
-        values = runs[column].astype(str).str.lower() if column in runs else pd.Series("", index=runs.index)
-        chosen &= values.eq(value)
-    return runs[chosen]
-
-
-def _groups(members: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
-    """The groups of runs (every key but the seed) among a row's runs."""
-    keys = list(GROUP_KEYS)
-    return [(dict(zip(keys, values)), frame) for values, frame in members.groupby(keys, dropna=False, sort=True)]
+def row_groups(runs: pd.DataFrame, row: Row) -> list[tuple[dict, pd.DataFrame]]:
+    """The groups of runs (:func:`analysis.settings.setting_groups`) whose setting is the row's."""
+    if row.setting is None:
+        return []
+    return [(group, frame) for group, frame in setting_groups(runs) if row.setting.qualifies(frame.iloc[0])]
 
 
 def _empty_statistics() -> dict:
@@ -182,7 +186,7 @@ def _row_statistics(runs: pd.DataFrame, row: Row, keys: list[str]
     """(group keys, what sets the group apart, its statistics, its runs) for each group of the row's
     runs that has a value of at least one of ``keys``; one empty entry when there is none."""
     found = []
-    for group, frame in _groups(_row_runs(runs, row)):
+    for group, frame in row_groups(runs, row):
         stats = aggregate(frame, keys).set_index(["metric", "runs"])
         if stats.loc[(slice(None), ALL_RUNS), "n"].sum() > 0:
             found.append((group, frame, stats))
@@ -508,3 +512,124 @@ def flagged_runs(runs: pd.DataFrame) -> pd.DataFrame:
     columns = ["run_id", "run_name", "experiment", "variant", "model", "dataset", "seed", "status", "flag_reason"]
     return runs.loc[runs["flagged"], [c for c in columns if c in runs.columns]].reset_index(drop=True)
 
+
+
+# -- where every group of runs goes: paper rows, other settings, no table -----------------------------
+
+PAPER_ROWS, OTHER_SETTINGS, NO_TABLE = "paper rows", "other settings", "no table"
+OTHER_METRICS = (ARI, MSE, KL, *DCI)  # the columns of the other-settings table, those with a value shown
+
+
+def _has_value(frame: pd.DataFrame, keys) -> bool:
+    return any(len(finite_values(frame[k])) > 0 for k in keys if k in frame.columns)
+
+
+def _filled_rows(frame: pd.DataFrame, specs: tuple[TableSpec, ...]) -> tuple[list[str], list[str]]:
+    """(rows the group fills, rows whose setting it has but no value of their metrics) as text."""
+    filled, empty = [], []
+    for spec in specs:
+        for row in spec.rows:
+            if row.setting is not None and row.setting.qualifies(frame.iloc[0]):
+                name = f"Table {spec.number} {row.label!r} ({DATASET_NAMES[row.dataset]})"
+                keys = [m.key_for(row.dataset) for m in spec.metrics]
+                (filled if _has_value(frame, keys) else empty).append((name, keys))
+    return [n for n, _ in filled], [f"{n}, which needs {' or '.join(k)}" for n, k in empty]
+
+
+def _placed(runs: pd.DataFrame, specs: tuple[TableSpec, ...]) -> list[tuple[dict, pd.DataFrame, str, str]]:
+    """(group keys, runs, destination, where or why) for every group of runs."""
+    placed = []
+    for group, frame in setting_groups(runs):
+        filled, empty = _filled_rows(frame, specs)
+        keys = [m.key_for(str(group["dataset"])) for m in OTHER_METRICS]
+        if filled:
+            placed.append((group, frame, PAPER_ROWS, "; ".join(filled)))
+        elif _has_value(frame, keys):
+            placed.append((group, frame, OTHER_SETTINGS, spell_setting(frame.iloc[0])))
+        else:
+            statuses = ", ".join(f"{n} {s}" for s, n in frame["status"].value_counts().sort_index().items())
+            why = (f"has the setting of {'; '.join(empty)}, but no finite value of it" if empty else
+                   f"no finite value of any table metric ({', '.join(keys[:3])}, dci/...); "
+                   f"setting: {spell_setting(frame.iloc[0])}")
+            placed.append((group, frame, NO_TABLE, f"{why} (runs: {statuses})"))
+    return placed
+
+
+def placement(runs: pd.DataFrame, specs: tuple[TableSpec, ...] = TABLES) -> pd.DataFrame:
+    """One line per group of runs (same setting but the seed): the group keys, ``runs``, ``seeds``,
+    ``destination`` (:data:`PAPER_ROWS`, :data:`OTHER_SETTINGS` or :data:`NO_TABLE`) and ``where``:
+    the paper rows it fills, how its setting differs from the paper's, or why it is in no table."""
+    lines = [{**{k: group[k] for k in GROUP_KEYS}, "runs": len(frame),
+              "seeds": ",".join(str(s) for s in sorted(frame["seed"].dropna().astype(int))),
+              "destination": destination, "where": where} for group, frame, destination, where in _placed(runs, specs)]
+    return pd.DataFrame(lines, columns=[*GROUP_KEYS, "runs", "seeds", "destination", "where"])
+
+
+def placement_summary(placed: pd.DataFrame) -> str:
+    """``N runs in G groups: ... fill paper rows, ... in Other settings, ... in no table.``"""
+    def count(destination: str) -> str:
+        chosen = placed[placed["destination"] == destination]
+        return f"{int(chosen['runs'].sum())} runs ({len(chosen)} groups)"
+
+    return (f"{int(placed['runs'].sum())} runs in {len(placed)} groups (same setting but the seed): "
+            f"{count(PAPER_ROWS)} fill rows of the paper's tables, {count(OTHER_SETTINGS)} are in "
+            f"\"Other settings\", {count(NO_TABLE)} in no table"
+            + (" (each with the reason, below)." if (placed["destination"] == NO_TABLE).any() else "."))
+
+
+def other_settings_frame(runs: pd.DataFrame, specs: tuple[TableSpec, ...] = TABLES) -> pd.DataFrame:
+    """The groups of :data:`OTHER_SETTINGS`: the setting spelled out and our statistics (no paper
+    number), one line per group and a second without its flagged runs when it has some. ``runs``
+    must be flagged."""
+    chosen = [(g, f, where) for g, f, destination, where in _placed(runs, specs) if destination == OTHER_SETTINGS]
+    shown = [m for m in OTHER_METRICS if any(_has_value(f, [m.key_for(str(g["dataset"]))]) for g, f, _ in chosen)]
+    out = []
+    for group, frame, where in chosen:
+        keys = [m.key_for(str(group["dataset"])) for m in shown]
+        stats = aggregate(frame, keys).set_index(["metric", "runs"])
+        for subset in (ALL_RUNS, WITHOUT_FLAGGED) if frame["flagged"].any() else (ALL_RUNS,):
+            entry = {"Setting": f"{group['experiment']} / {group['variant']}"
+                                + (" (without flagged runs)" if subset == WITHOUT_FLAGGED else ""),
+                     "Model": group["model"], "Dataset": DATASET_NAMES.get(group["dataset"], group["dataset"]),
+                     "Sweep": group["sweep"] or EMPTY, "Steps": _steps(frame) or EMPTY,
+                     "Differs from the paper setting": where}
+            for metric, key in zip(shown, keys):
+                found = stats.loc[(key, subset)]
+                entry[f"{metric.label} ours"] = format_cell(found["mean"] * metric.scale, found["std"] * metric.scale,
+                                                            found["n"], metric.decimals)
+                entry[f"{metric.label} ours 95% CI"] = format_interval(found["ci95_low"] * metric.scale,
+                                                                       found["ci95_high"] * metric.scale,
+                                                                       metric.decimals)
+            entry["runs (flagged)"] = f"{len(frame)} ({int(frame['flagged'].sum())})"
+            out.append(entry)
+    return pd.DataFrame(out)
+
+
+def other_settings_markdown(runs: pd.DataFrame, specs: tuple[TableSpec, ...] = TABLES) -> str:
+    """Where the runs went (counts), the other-settings table and the groups in no table, as Markdown."""
+    placed = placement(runs, specs)
+    text = ["### Where the runs went", "", placement_summary(placed), "",
+            "### Other settings (not the paper's: no paper number beside them)", ""]
+    frame = other_settings_frame(runs, specs)
+    text += [_markdown_rows(frame) if not frame.empty else "(none)", ""]
+    if not frame.empty:
+        text += ["Each line is one setting (every key but the seed); \"Differs from the paper setting\" names what "
+                 "sets it apart from the paper setting of its experiment (or, for an experiment that is none, of "
+                 "the same model and dataset). Ours: mean \u00b1 std over seeds (ddof = 1), n runs with a value.", ""]
+    missing = placed[placed["destination"] == NO_TABLE]
+    text += ["### In no table", ""]
+    text += [f"- {r['experiment']} / {r['variant']} ({r['model']}, {r['dataset']}, sweep {r['sweep'] or EMPTY}, "
+             f"{r['runs']} runs): {r['where']}" for _, r in missing.iterrows()] or ["(none)"]
+    return "\n".join(text) + "\n"
+
+
+def write_other_settings(runs: pd.DataFrame, out_dir: str | Path, specs: tuple[TableSpec, ...] = TABLES) -> dict:
+    """Write ``other_settings.md`` and ``placement.csv`` (one line per group, where it went); ``runs``
+    must be flagged. Returns ``{"placement": DataFrame, "frame": DataFrame, "markdown": text, "paths": [...]}``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    placed, markdown = placement(runs, specs), other_settings_markdown(runs, specs)
+    paths = [out_dir / "other_settings.md", out_dir / "placement.csv"]
+    paths[0].write_text(markdown)
+    placed.to_csv(paths[1], index=False)
+    return {"placement": placed, "frame": other_settings_frame(runs, specs), "markdown": markdown, "paths": paths}

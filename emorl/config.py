@@ -11,7 +11,6 @@ own config dataclass).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -372,18 +371,6 @@ def flatten(container: dict, prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
-
-
-# Settings that do not change the mathematics of a run: left out of the config hash.
-_NON_IDENTITY_PREFIXES = ("tracking.", "trainer.progress", "trainer.output_dir", "trainer.resume",
-                          "trainer.log_every", "trainer.num_threads", "data.num_workers", "trainer.device",
-                          "trainer.cuda_graph", "data.on_device")
-
-
-def config_hash(container: dict) -> str:
-    """A short hash of the settings that define a run (not where or how it is tracked)."""
-    flat = {k: v for k, v in flatten(container).items() if not k.startswith(_NON_IDENTITY_PREFIXES)}
-    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def output_root() -> Path:

@@ -43,6 +43,9 @@ class Tracker:
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
 
+    def log_image(self, path: str | Path, key: str, step: int) -> None:
+        """An image file as MLflow's image of ``key`` at ``step`` (its UI shows a step slider)."""
+
     def flush(self, force: bool = False) -> bool:
         """Try to deliver what is pending; True when nothing is left."""
         return True
@@ -144,6 +147,10 @@ class MLflowTracker(Tracker):
         self._append({"op": "artifact", "path": str(Path(path).resolve()), "artifact_path": artifact_path})
         self.flush()
 
+    def log_image(self, path: str | Path, key: str, step: int) -> None:
+        self._append({"op": "image", "path": str(Path(path).resolve()), "key": key, "step": int(step)})
+        self.flush()
+
     def finish(self, status: str = "FINISHED") -> None:
         self._append({"op": "end", "status": status})
         if not self.flush(force=True) and not self.quiet:
@@ -224,6 +231,12 @@ class MLflowTracker(Tracker):
             elif op == "artifact":
                 if Path(record["path"]).exists():
                     client.log_artifact(self.run_id, record["path"], record["artifact_path"])
+            elif op == "image":
+                if Path(record["path"]).exists():
+                    from PIL import Image
+
+                    with Image.open(record["path"]) as image:
+                        client.log_image(self.run_id, image.convert("RGB"), key=record["key"], step=record["step"])
             elif op == "end":
                 client.set_terminated(self.run_id, status=record["status"])
             self.state["delivered"] = records[index + consumed - 1]["seq"]
@@ -231,27 +244,28 @@ class MLflowTracker(Tracker):
             index += consumed
 
     def _create_run(self, client, record: dict) -> str:
-        experiment = client.get_experiment_by_name(record["experiment"])
-        if experiment is None:
-            experiment_id = ensure_experiment(client, record["experiment"], record.get("artifact_root"))
-        else:
-            experiment_id = experiment.experiment_id
+        experiment_id = ensure_experiment(client, record["experiment"], record.get("artifact_root"))
         run = client.create_run(experiment_id, run_name=record.get("run_name"), tags=record.get("tags") or {})
         return run.info.run_id
 
 
 def ensure_experiment(client, name: str, artifact_root: str | None = None) -> str:
-    """Get or create an MLflow experiment; tolerates a concurrent creation by another process."""
+    """Get or create an MLflow experiment of the model-training kind (MLflow's UI then opens it on
+    its runs table, not on the GenAI views); tolerates a concurrent creation by another process."""
+    from emorl.vocabulary import EXPERIMENT_KIND, TRAINING_EXPERIMENT_KIND
+
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_root)
-    except Exception:
+    if experiment is None:
+        try:
+            client.create_experiment(name, artifact_location=artifact_root,
+                                     tags={EXPERIMENT_KIND: TRAINING_EXPERIMENT_KIND})
+        except Exception:
+            if client.get_experiment_by_name(name) is None:
+                raise
         experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+    if EXPERIMENT_KIND not in experiment.tags:  # made before emorl set the kind, or by someone else
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, TRAINING_EXPERIMENT_KIND)
+    return experiment.experiment_id
 
 
 def default_artifact_root(uri: str) -> str | None:
@@ -343,25 +357,44 @@ def end_abandoned_run(run_dir: str | Path, status: str = "KILLED") -> Delivery:
     return deliver(run_dir, end_status=status)
 
 
-def tracking_note(uri: str, run_dir: str | Path, run_id: str | None) -> str:
+def tracking_note(uri: str, run_dir: str | Path, run_id: str | None, experiment: str | None = None) -> str:
     """What to tell the user at the end of a run: where it is tracked, or what still waits in its spool."""
     waiting = undelivered(run_dir)
     if waiting:
         return (f"tracking: {waiting} records wait in {Path(run_dir) / 'tracking' / 'spool.jsonl'}, the store {uri} "
                 f"was unreachable; deliver them with:\n  emorl sync {run_dir}")
-    return f"tracked in MLflow ({uri}), run {run_id}; look at it: {browse_command(uri)}"
+    return f"tracked in MLflow ({uri}), run {run_id}; look at it: {browse_command(uri, experiment)}"
 
 
-def browse_command(uri: str) -> str:
-    """How to look at what a tracking store holds."""
+def browse_command(uri: str, experiment: str | None = None) -> str:
+    """How to look at what a tracking store holds; with an ``experiment`` (name), the link that
+    opens it on its runs table. (MLflow 3.17's UI opens every experiment on its GenAI views unless
+    the link says ``workflowType=machine_learning`` or the user flips its "Model training" switch;
+    the experiment kind we set does not change that in this version.)"""
+    experiment_id = _experiment_id(uri, experiment) if experiment else None
+    page = f"/#/experiments/{experiment_id}?workflowType=machine_learning" if experiment_id else ""
     if uri.startswith(("http://", "https://")):
-        return f"open {uri} in a browser"
-    return f"mlflow ui --backend-store-uri {uri}"
+        return f"open {uri.rstrip('/')}{page} in a browser" if page else f"open {uri} in a browser"
+    command = f"mlflow ui --backend-store-uri {uri}"
+    return f"{command}, then open http://127.0.0.1:5000{page}" if page else command
+
+
+def _experiment_id(uri: str, name: str) -> str | None:
+    """The id of experiment ``name`` in the store, or None (not there, or the store is unreachable)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    try:
+        from mlflow.tracking import MlflowClient
+
+        experiment = MlflowClient(tracking_uri=uri).get_experiment_by_name(name)
+    except Exception:  # only a hint: never fail the command for it
+        return None
+    return experiment.experiment_id if experiment else None
 
 
 def _param_value(value: Any) -> str:
-    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-    return text[:MAX_PARAM_LENGTH]
+    from emorl.vocabulary import param_value
+
+    return param_value(value)[:MAX_PARAM_LENGTH]
 
 
 def _jsonable(value: Any):

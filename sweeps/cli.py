@@ -212,8 +212,17 @@ def format_summary(outcome, again: str, retry: str | None) -> str:
     if outcome.parent_run_id:
         lines += [f"  MLflow:        {plan.tracking_uri}, experiment {plan.tracking_experiment!r}, "
                   f"parent run {outcome.parent_run_id}",
-                  f"  browse with:   {browse_command(plan.tracking_uri)}"]
+                  f"  browse with:   {browse_command(plan.tracking_uri, plan.tracking_experiment)}",
+                  f"  report with:   {report_command(plan)}"]
     return "\n".join(lines)
+
+
+def report_command(plan) -> str:
+    """The command that builds this sweep's report (tables, figures) from its tracked runs."""
+    from emorl.config import default_tracking_uri
+
+    store = "" if plan.tracking_uri == default_tracking_uri() else f" --tracking-uri {shlex.quote(plan.tracking_uri)}"
+    return f"emorl report --sweep {shlex.quote(plan.spec.name)}{store}"
 
 
 def format_delivery(outcome, again: str) -> list[str]:

@@ -26,6 +26,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from emorl import vocabulary
 from emorl.errors import ConfigError, EmorlError
 from emorl.locking import exclusive
 from sweeps import status
@@ -186,19 +187,15 @@ def check_sources(plan: Plan, trials: list[Trial]) -> dict[str, dict]:
 def check_resumable(trials: list[Trial]) -> None:
     """A trial folder that already holds a run must hold one with these settings (the trainer would
     refuse to resume it, on every retry): say so before anything starts."""
-    from emorl import config as config_module
     from emorl.engine import checkpoint as ckpt
-    from emorl.engine.train import RESUMABLE_CHANGES
+    from emorl.engine.train import changed_settings
 
     problems = []
     for trial in trials:
         checkpoint = trial.output_dir / "checkpoints" / "last.pt"
         if trial.kind != "train" or not checkpoint.exists():
             continue
-        old = config_module.flatten(ckpt.load(checkpoint)["config"])
-        new = config_module.flatten(trial.config)
-        changed = sorted(k for k in set(old) | set(new)
-                         if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES))
+        changed = changed_settings(ckpt.load(checkpoint)["config"], trial.config)
         if changed:
             problems.append(f"{trial.id}: {', '.join(changed[:6])}{' ...' if len(changed) > 6 else ''}")
     if problems:
@@ -449,7 +446,10 @@ def _open_tracking(plan: Plan, options: LaunchOptions) -> tuple[str | None, dict
                        "sweep.variants": json.dumps({n: list(o) for n, o in spec.variants}),
                        "sweep.axes": json.dumps({a.label: {"keys": list(a.keys), "values": list(a.values)}
                                                  for a in spec.axes})})
-    tags = {"emorl.sweep_kind": spec.kind, "emorl.sweep_spec": str(spec.path), "emorl.git_commit": git_commit()}
+    description = (f"{spec.kind} sweep {spec.name} ({len(plan.trials)} trials): {spec.description or spec.path}. "
+                   f"Its folder: {plan.output_dir}. One child run per trial.")
+    tags = {vocabulary.SWEEP_KIND: spec.kind, vocabulary.SWEEP_SPEC: str(spec.path),
+            **vocabulary.system_tags(f"emorl sweep {spec.name}", git_commit(), description)}
     table = [{"id": t.id, "variant": t.variant, "seed": t.seed, "overrides": list(t.overrides),
               "output_dir": str(t.output_dir)} for t in plan.trials]
     run_id, created = sweep_tracking.open_parent_run(plan.tracking_uri, experiment_id, spec.name, plan.output_dir,

@@ -29,7 +29,9 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic_core import PydanticCustomError
 
 from emorl import config as config_module
+from emorl import vocabulary
 from emorl.errors import ConfigError
+from emorl.vocabulary import setting_id
 
 SPEC_DIR = Path(__file__).resolve().parent / "specs"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -444,7 +446,7 @@ class Trial:
             config["tracking"]["parent_run_id"] = parent_run_id
             payload["config"] = config
         else:
-            payload["evaluation"] = dict(self.evaluation)
+            payload["evaluation"] = {**self.evaluation, "parent_run_id": parent_run_id}
         return payload
 
 
@@ -604,7 +606,7 @@ def _sweep_settings(container: dict, trial_dir: Path, uri: str, experiment: str,
     tracking = container["tracking"]
     tracking["uri"] = uri
     tracking["experiment"] = experiment
-    tracking["tags"] = {**(tracking.get("tags") or {}), "emorl.sweep": sweep, "emorl.sweep_trial": trial_id}
+    tracking["tags"] = {**(tracking.get("tags") or {}), vocabulary.SWEEP: sweep, vocabulary.SWEEP_TRIAL: trial_id}
 
 
 def _check_distinct(trials: list[Trial], spec: SweepSpec) -> None:
@@ -617,7 +619,7 @@ def _check_distinct(trials: list[Trial], spec: SweepSpec) -> None:
                               "variants or axes distinct names")
         settings = copy.deepcopy(trial.config)
         settings["variant"] = ""
-        key = (settings["name"], config_module.config_hash(settings))
+        key = (settings["name"], settings["seed"], setting_id(config_module.flatten(settings)))
         if key in seen:
             raise ConfigError(f"{spec.path}: trials {seen[key]!r} and {trial.id!r} have the same configuration "
                               f"(their variants differ only in name); drop one of the variants")
@@ -675,7 +677,8 @@ def _expand_evaluation(spec: SweepSpec, output_dir: Path, tracking_uri: str | No
                     "refine_steps": list(evaluation.refine_steps) if evaluation.refine_steps else None,
                     "num_slots": test_set.num_slots, "data": test_set.data, "num_images": evaluation.num_images,
                     "batch_size": evaluation.batch_size, "metrics": list(evaluation.metrics),
-                    "seed": evaluation.seed, "device": device}
+                    "seed": evaluation.seed, "device": device, "tracking_uri": uri,
+                    "tracking_experiment": experiment, "sweep": spec.name}
             shown = tuple(f"{k}={work[k]}" for k in ("data", "num_slots") if work[k] is not None)
             trials.append(Trial(trial_id, "evaluate", output_dir / source_id / test_set.label, test_set.label, None,
                                 shown, spec.resources, evaluation=work))

@@ -14,11 +14,9 @@ import time
 from pathlib import Path
 
 from emorl.errors import EmorlError
+from emorl import vocabulary
 from emorl.tracking import default_artifact_root, ensure_experiment
-
-ROLE_TAG = "emorl.sweep_role"
-OUTPUT_TAG = "emorl.sweep_output"
-REPLACED_TAG = "emorl.sweep_replaced"
+from emorl.vocabulary import SWEEP, SWEEP_OUTPUT as OUTPUT_TAG, SWEEP_REPLACED as REPLACED_TAG, SWEEP_ROLE as ROLE_TAG
 
 
 def client_for(uri: str):
@@ -45,7 +43,7 @@ def prepare_store(uri: str, experiment: str) -> str:
 def find_parent_run(uri: str, experiment_id: str, sweep: str, output_dir: Path):
     """The parent run of this sweep (name and output folder), or None."""
     client = client_for(uri)
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`emorl.sweep` = '{sweep}' and "
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{SWEEP}` = '{sweep}' and "
                               f"tags.`{ROLE_TAG}` = 'parent'", max_results=1000, order_by=["attributes.start_time ASC"])
     matching = [r for r in runs if r.data.tags.get(OUTPUT_TAG) == str(output_dir) and REPLACED_TAG not in r.data.tags]
     return matching[0] if matching else None
@@ -59,7 +57,7 @@ def open_parent_run(uri: str, experiment_id: str, sweep: str, output_dir: Path, 
     if existing is not None:
         client.update_run(existing.info.run_id, status="RUNNING")
         return existing.info.run_id, False
-    run_tags = {**tags, "emorl.sweep": sweep, ROLE_TAG: "parent", OUTPUT_TAG: str(output_dir)}
+    run_tags = {**tags, SWEEP: sweep, ROLE_TAG: "parent", OUTPUT_TAG: str(output_dir), vocabulary.RUN_KIND: "sweep"}
     run = client.create_run(experiment_id, run_name=sweep, tags=run_tags)
     run_id = run.info.run_id
     from mlflow.entities import Param
@@ -101,4 +99,5 @@ def child_runs(uri: str, parent_run_id: str) -> dict[str, object]:
         [client.get_run(parent_run_id).info.experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=10000,
         order_by=["attributes.start_time ASC"])
-    return {r.data.tags["emorl.sweep_trial"]: r for r in runs if "emorl.sweep_trial" in r.data.tags}
+    trial = vocabulary.SWEEP_TRIAL
+    return {r.data.tags[trial]: r for r in runs if trial in r.data.tags}

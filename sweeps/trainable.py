@@ -114,7 +114,8 @@ def _train(payload: dict) -> None:
 
 
 def _evaluate(payload: dict) -> None:
-    from emorl.engine.evaluation_run import run_evaluation
+    from emorl import vocabulary
+    from emorl.engine.evaluation_run import EvaluationTracking, run_evaluation
 
     folder = Path(payload["output_dir"])
     work = payload["evaluation"]
@@ -124,7 +125,9 @@ def _evaluate(payload: dict) -> None:
         metrics = run_evaluation(
             work["checkpoint"], refine_steps=work["refine_steps"], num_slots=work["num_slots"], data=work["data"],
             num_images=work["num_images"], batch_size=work["batch_size"], metrics=list(work["metrics"]),
-            device=work["device"], seed=work["seed"])
+            device=work["device"], seed=work["seed"], output_dir=folder,
+            tracking=EvaluationTracking(work["tracking_uri"], work["tracking_experiment"], work["parent_run_id"],
+                                        {vocabulary.SWEEP: work["sweep"], vocabulary.SWEEP_TRIAL: payload["id"]}))
     except Exception as error:
         status.write_status(folder, state="failed", reason=_reason(error), attempt=attempt)
         raise

@@ -12,6 +12,7 @@ from analysis import figures
 from analysis.aggregate import flag_runs
 from analysis.collect import RunSelection, collect_runs
 from analysis.examples import emorl_tags, log_run
+from analysis.settings import setting_params
 from analysis.tables import TABLE1, table_lines
 from emorl.models import build_model
 from emorl.models.decoder import DecoderOutput
@@ -26,7 +27,7 @@ def test_table1_monet_row_takes_monet_runs(tmp_path):
     experiment = client.create_experiment("rows", artifact_location=(tmp_path / "artifacts").as_uri())
     for seed, ari in enumerate([0.94, 0.96]):
         log_run(client, experiment, tags=emorl_tags("monet_clevr6", "default", seed, "monet", "clevr6"),
-                metrics={"test/fg_ari": ari})
+                params=setting_params("monet_clevr6"), metrics={"test/fg_ari": ari})
     runs = flag_runs(collect_runs(RunSelection(experiment="rows"), uri), ["test/fg_ari"])
     lines = table_lines(TABLE1, runs)
     monet = lines[(lines["row"] == "MONet") & (lines["dataset"] == "CLEVR6") & (lines["runs"] == "all")].iloc[0]

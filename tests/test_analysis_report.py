@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 from analysis import figures
 from analysis.collect import RunSelection, collect_runs
 from analysis.examples import emorl_tags, log_run
+from analysis.settings import setting_params
 from emorl.cli import main
 
 
@@ -50,9 +51,12 @@ def test_emorl_report_writes_the_folder_and_logs_it_to_the_parent_run(trained, t
                  "figures/fig9_activeness.png", f"figures/runs/decomposition_{run_id[:8]}.png",
                  f"figures/runs/traversal_{run_id[:8]}.png", f"figures/runs/traversal_{run_id[:8]}.pdf"):
         assert (out / name).stat().st_size > 500, name
-    page = (out / "index.html").read_text()
+    page = (out / "index.html").read_text()  # self-contained: every image embedded, none linked
+    import base64
+
     for png in out.rglob("*.png"):
-        assert f'src="{png.relative_to(out).as_posix()}"' in page
+        assert f'src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}"' in page, png
+    assert '<img src="figures/' not in page
     readme = (out / "README.md").read_text()
     assert "1 runs (1 FINISHED); 1 flagged as failed" in readme
     assert "collapsed: test/fg_ari = " in readme
@@ -86,7 +90,8 @@ def test_report_run_when_there_is_no_parent_and_clear_errors(tmp_path, capsys):
     client = MlflowClient(uri)
     experiment = client.create_experiment("plain", artifact_location=(tmp_path / "artifacts").as_uri())
     for seed in (0, 1):
-        log_run(client, experiment, tags=emorl_tags("tetrominoes", "default", seed), metrics={"test/fg_ari": 0.9})
+        log_run(client, experiment, tags=emorl_tags("tetrominoes", "default", seed),
+                params={**setting_params("tetrominoes"), "seed": seed}, metrics={"test/fg_ari": 0.9})
     out = tmp_path / "report"
     assert main(["report", "--experiment", "plain", "--tracking-uri", uri, "--out", str(out),
                  "--no-checkpoint-figures"]) == 0
@@ -101,11 +106,12 @@ def test_report_run_when_there_is_no_parent_and_clear_errors(tmp_path, capsys):
     assert "say which runs to report" in capsys.readouterr().err
     assert main(["report", "--sweep", "nothing", "--tracking-uri", uri, "--no-log"]) == 2
     assert "no runs match sweep=nothing" in capsys.readouterr().err
-    log_run(client, experiment, tags={"emorl.sweep": "fig7", "emorl.sweep_role": "parent",
-                                      "emorl.sweep_kind": "evaluation"})
-    assert main(["report", "--sweep", "fig7", "--tracking-uri", uri]) == 2
-    assert "'fig7' is an evaluation sweep: its metrics were logged into the runs it evaluated" in \
-        capsys.readouterr().err
+    # An evaluation sweep's runs are runs of their own; selecting the sweep reports the runs they evaluated.
+    trained = collect_runs(RunSelection(experiment="plain"), uri)["run_id"].iloc[0]
+    log_run(client, experiment, tags={"emorl.sweep": "fig7", "emorl.run_kind": "evaluation",
+                                      "emorl.evaluation_of": trained}, metrics={"eval/more/I1/fg_ari": 0.5})
+    chosen = collect_runs(RunSelection(sweep="fig7"), uri)
+    assert list(chosen["run_id"]) == [trained] and chosen["eval/more/I1/fg_ari"].iloc[0] == 0.5
     assert main(["report", "--tag", "variant", "--tracking-uri", uri]) == 2
     assert "expected key=value" in capsys.readouterr().err
     (out / "figures").mkdir(exist_ok=True)

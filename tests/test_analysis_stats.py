@@ -9,6 +9,7 @@ import pytest
 from scipy import stats
 
 from analysis.aggregate import compare, flag_runs, holm, welch_from_summaries
+from analysis.settings import setting_params
 from analysis.tables import TABLE2, TABLE3, comparison_caption, comparison_frame, table_lines, to_latex, to_markdown
 
 VARIANT = [90.0, 92.0, 94.0, 96.0, 98.0]  # mean 94, s^2 = 10
@@ -80,14 +81,14 @@ def test_holm_against_hand_computation():
     assert (holm(p) <= 0.05).tolist() == [True, True, True, False]
 
 
-def _run(variant, values, seed, geco="True", prior="reversed++", dataset="tetrominoes", steps="200000",
-         model="efficient_morl"):
+def _run(variant, values, seed, geco="True", prior="reversed++", sweep="t2"):
     ari, mse, kl = values
-    return {"run_id": f"{variant}{dataset}{steps}{seed}", "experiment": dataset, "variant": variant, "model": model,
-            "dataset": dataset, "sweep": "t2", "setting": f"{variant}{geco}{prior}{steps}", "seed": seed,
-            "status": "FINISHED", "test/fg_ari": ari, "test/mse": mse, "test/kl": kl,
-            "params.loss.geco.enabled": geco, "params.model.dual_gru": "True", "params.model.prior": prior,
-            "params.trainer.max_steps": steps}
+    experiment = "tetrominoes" if geco == "True" else "tetrominoes_without_geco"
+    params = setting_params(experiment, {"model.prior": prior})
+    return {"run_id": f"{variant}{sweep}{seed}", "experiment": experiment, "variant": variant,
+            "model": "efficient_morl", "dataset": "tetrominoes", "sweep": sweep, "setting": f"{variant}{geco}{prior}",
+            "seed": seed, "status": "FINISHED", "test/fg_ari": ari, "test/mse": mse, "test/kl": kl,
+            **{f"params.{k}": v for k, v in params.items()}}
 
 
 FULL = [(0.96, 0.0007, 98.0), (0.98, 0.0008, 100.0), (0.97, 0.0006, 99.0), (0.99, 0.0007, 101.0)]
@@ -99,8 +100,8 @@ def table2():
     runs = [_run("without_geco", v, s, geco="False") for s, v in enumerate(FULL)]
     runs += [_run("full", v, s) for s, v in enumerate(GECO)]
     runs += [_run("reversed_prior", (0.70, 0.0010, 50.0), 0, prior="reversed")]
-    # The full model again at 1000 steps: the comparisons must take the 200000-step runs.
-    runs += [_run("without_geco", (0.10, 0.1, 1.0), s, geco="False", steps="1000") for s in range(2)]
+    # The full model again in another sweep: the comparisons must take the runs of the variant's sweep.
+    runs += [_run("without_geco", (0.10, 0.1, 1.0), s, geco="False", sweep="t2-again") for s in range(2)]
     return table_lines(TABLE2, flag_runs(pd.DataFrame(runs)))
 
 
@@ -119,8 +120,8 @@ def test_table2_differences_to_the_full_model(table2):
         full = [v[index] * scale[metric] for v in FULL]
         expected = stats.ttest_ind(ours, full, equal_var=False)
         interval = expected.confidence_interval()
-        # the reference row has two groups (200000 and 1000 steps): the one with the variant's steps is taken
-        assert (line["n"], line["n_reference"], line["reference"]) == (3, 4, "EfficientMORL [trainer.max_steps=200000]")
+        # the reference row has two groups (two sweeps): the one of the variant's sweep is taken
+        assert (line["n"], line["n_reference"], line["reference"]) == (3, 4, "EfficientMORL [sweep=t2]")
         assert line["difference"] == pytest.approx(np.mean(ours) - np.mean(full))
         assert (line["welch_low"], line["welch_high"], line["p_value"]) == pytest.approx(
             (interval.low, interval.high, expected.pvalue))
@@ -169,8 +170,10 @@ def test_table2_caption_says_what_is_significant(table2):
 
 def test_table3_compares_slot_attention_with_efficientmorl():
     def run(model, seed, value, status="FINISHED"):
-        return {"run_id": f"{model}{seed}", "experiment": "clevr6", "variant": "default", "model": model,
+        experiment = "clevr6" if model == "efficient_morl" else f"{model}_clevr6"
+        return {"run_id": f"{model}{seed}", "experiment": experiment, "variant": "default", "model": model,
                 "dataset": "clevr6", "sweep": "t3", "setting": model, "seed": seed, "status": status,
+                **{f"params.{k}": v for k, v in setting_params(experiment).items()},
                 "dci/clevr6/disentanglement": value, "dci/clevr6/completeness": value,
                 "dci/clevr6/informativeness": value}
 

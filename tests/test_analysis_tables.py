@@ -11,7 +11,9 @@ from mlflow.tracking import MlflowClient
 from analysis.aggregate import flag_runs, settings_except
 from analysis.collect import RunSelection, collect_runs, metric_histories, parse_tag_filter
 from analysis.examples import emorl_tags, log_run
-from analysis.tables import TABLE1, TABLE2, TABLE3, paper_results, table_lines, to_latex, to_markdown, write_tables
+from analysis.settings import setting_params
+from analysis.tables import (TABLE1, TABLE2, TABLE3, other_settings_frame, paper_results, table_lines, to_latex,
+                             to_markdown, write_tables)
 from emorl.errors import EmorlError
 
 T975 = {1: 12.7062047362, 2: 4.3026527297, 3: 3.1824463053, 4: 2.7764451052}
@@ -33,9 +35,10 @@ def store(tmp_path_factory, mlflow_database_template):
     log_run(client, experiment, tags=emorl_tags("tetrominoes", "default", 0, sweep=SWEEP),
             params={"seed": 0, "trainer.max_steps": 200000}, metrics={"test/fg_ari": 0.1}, parent_run_id=replaced)
 
-    def child(experiment_name, variant, seed, model="efficient_morl", dataset=None, steps=200000, **kwargs):
+    def child(experiment_name, variant, seed, model="efficient_morl", dataset=None, steps=None, **kwargs):
         tags = emorl_tags(experiment_name, variant, seed, model, dataset, sweep=SWEEP, **kwargs.pop("tags", {}))
-        params = {"seed": seed, "trainer.max_steps": steps, "tracking.uri": f"run-{seed}", **kwargs.pop("params", {})}
+        params = {**setting_params(experiment_name), "seed": seed, "tracking.uri": f"run-{seed}",
+                  **({"trainer.max_steps": steps} if steps else {}), **kwargs.pop("params", {})}
         return log_run(client, experiment, tags=tags, params=params, parent_run_id=ids["parent"], **kwargs)
 
     # Table 1, Tetrominoes: 90, 92, 94, 96, 98 (%) at 200k steps, and two short runs (1k steps).
@@ -131,14 +134,17 @@ def _line(lines, row, dataset, runs="all", metric="ARI", group=""):
 
 def test_golden_table1(runs):
     lines = table_lines(TABLE1, runs)
-    long = _line(lines, "EfficientMORL", "Tetrominoes", group="trainer.max_steps=200000")
+    long = _line(lines, "EfficientMORL", "Tetrominoes")  # the 1000-step runs are not the paper's setting
     half = T975[4] * math.sqrt(10) / math.sqrt(5)  # 90..98: s^2 = 10
     assert (long["n"], long["seeds"], long["n_flagged"]) == (5, "0,1,2,3,4", 0)
     assert (long["mean"], long["std"]) == pytest.approx((94.0, math.sqrt(10)), abs=1e-9)
     assert (long["ci95_low"], long["ci95_high"]) == pytest.approx((94 - half, 94 + half), abs=1e-9)
     assert (long["paper_mean"], long["paper_std"], long["paper_n"]) == (98.2, 1.8, 5)
-    short = _line(lines, "EfficientMORL", "Tetrominoes", group="trainer.max_steps=1000")
-    assert (short["n"], short["mean"], short["std"]) == (2, pytest.approx(60.0), pytest.approx(math.sqrt(200)))
+    assert len(lines[(lines["row"] == "EfficientMORL") & (lines["dataset"] == "Tetrominoes")]) == 1
+    other = other_settings_frame(runs).set_index("Setting")
+    short = other.loc["tetrominoes / default"]
+    assert (short["Steps"], short["ARI (%) ours"], short["runs (flagged)"]) == ("1000", "60.0 ± 14.1 (n=2)", "2 (0)")
+    assert short["Differs from the paper setting"] == "trainer.max_steps=1000 (paper: 200000)"
     every = _line(lines, "Slot Attention", "CLEVR6")
     assert (every["n"], every["n_flagged"]) == (5, 1)
     assert (every["mean"], every["std"]) == pytest.approx((82.4, math.sqrt(1217.3)), abs=1e-9)
@@ -161,7 +167,7 @@ def test_golden_table1(runs):
     assert "| Slot Attention | CLEVR6 | 98.8 ± 0.3 (n=5) | 82.4 ± 34.9 (n=5) | [39.1, 125.7] | 5 (1) |" in markdown
     assert ("| Slot Attention (without flagged runs) | CLEVR6 | 98.8 ± 0.3 (n=5) | 98.0 ± 0.8 (n=4) | [96.7, 99.3] "
             "| 5 (1) |") in markdown
-    assert ("| EfficientMORL [trainer.max_steps=200000] | Tetrominoes | 98.2 ± 1.8 (n=5) | 94.0 ± 3.2 (n=5) | "
+    assert ("| EfficientMORL | Tetrominoes | 98.2 ± 1.8 (n=5) | 94.0 ± 3.2 (n=5) | "
             "[90.1, 97.9] | 5 (0) |") in markdown
     assert "| EfficientMORL | CLEVR6 | 96.2 ± 1.6 (n=5) | – (n=0) | – | 0 (0) |" in markdown
     assert "| IODINE | Multi-dSprites | 76.7 ± 5.6 | – (n=0) | – | 0 (0) |" in markdown
@@ -184,19 +190,21 @@ def test_golden_table2(runs):
 
 
 def test_table2_rows_follow_parameters_not_variant_names():
-    def run(variant, ari, geco="True", dual_gru="True", prior="reversed++", dataset="tetrominoes", seed=0):
-        return {"run_id": f"{variant}{seed}", "experiment": dataset, "variant": variant, "model": "efficient_morl",
-                "dataset": dataset, "sweep": "t2", "setting": f"{variant}{geco}{dual_gru}{prior}", "seed": seed,
-                "status": "FINISHED", "test/fg_ari": ari, "params.loss.geco.enabled": geco,
-                "params.model.dual_gru": dual_gru, "params.model.prior": prior}
+    def run(variant, ari, experiment="tetrominoes", seed=0, **changes):
+        params = setting_params(experiment, changes)
+        return {"run_id": f"{variant}{seed}", "experiment": experiment, "variant": variant, "model": "efficient_morl",
+                "dataset": experiment.split("_")[0], "sweep": "t2", "setting": f"{variant}{sorted(params.items())}",
+                "seed": seed, "status": "FINISHED", "test/fg_ari": ari, **{f"params.{k}": v for k, v in params.items()}}
 
+    clevr = {"experiment": "clevr6", "trainer.max_steps": 50000}
     runs = flag_runs(pd.DataFrame([
         run("full", 0.80), run("full", 0.90, seed=1),  # GECO on: the "w/ GECO" row on Tetrominoes
-        run("without_geco", 0.97, geco="False"),  # the Tetrominoes "EfficientMORL" row
-        run("reversed_prior", 0.60, prior="reversed"),
-        run("without_dual_gru", 0.70, dual_gru="False", dataset="clevr6"),
-        run("full", 0.75, dataset="clevr6"), run("without_geco", 0.65, geco="False", dataset="clevr6"),
-        run("I0", 0.10, dataset="clevr6"),  # not an ablation variant: in no row
+        run("without_geco", 0.97, "tetrominoes_without_geco"),  # the Tetrominoes "EfficientMORL" row
+        run("anything", 0.60, **{"model.prior": "reversed"}),  # a variant name never decides the row
+        run("without_dual_gru", 0.70, **clevr, **{"model.dual_gru": "False"}),
+        run("full", 0.75, **clevr), run("without_geco", 0.65, **clevr, **{"loss.geco.enabled": "False"}),
+        run("full", 0.10, **clevr, **{"curriculum.refine_steps": 0}),  # another setting (Fig. 3's I = 0): no row
+        run("full", 0.55, "clevr6"),  # CLEVR6 at the experiment's 300K steps: Table 1, not Table 2
     ]))
     lines = table_lines(TABLE2, runs)
     expected = {("EfficientMORL w/ GECO", "Tetrominoes"): (2, 85.0), ("EfficientMORL", "Tetrominoes"): (1, 97.0),
@@ -208,6 +216,10 @@ def test_table2_rows_follow_parameters_not_variant_names():
         line = _line(lines, row, dataset)
         assert line["n"] == n and (line["mean"] == pytest.approx(mean) or math.isnan(mean) and math.isnan(line["mean"]))
     assert "| EfficientMORL | Tetrominoes | 97.9 ± 2.4 (n=5) | 97.0 (n=1) | – |" in to_markdown(TABLE2, lines)
+    other = other_settings_frame(runs)
+    assert other["Setting"].tolist() == ["clevr6 / full", "clevr6 / full (without flagged runs)"]  # ARI 10%: flagged
+    assert set(other["Differs from the paper setting"]) == {
+        "trainer.max_steps=50000 (paper: 300000), curriculum.refine_steps=0 (paper: 3)"}
 
 
 def test_golden_table3_and_file_formats(runs, tmp_path):

@@ -49,17 +49,24 @@ def printed_table(text: str) -> dict[int, dict[str, float]]:
     return rows
 
 
-def test_evaluate_prints_the_table_and_logs_into_the_training_run(trained, capsys):
+def test_evaluate_prints_the_table_and_logs_an_evaluation_run_of_its_own(trained, capsys):
     uri, result, _ = trained
+    client = MlflowClient(uri)
+    before = client.get_run(result.run_id)
     code = main(["evaluate", str(result.checkpoint), "--refine-steps", "0,1,3", "--images", "16",
                  "--batch-size", "8", "--tracking-uri", uri])
     out = capsys.readouterr().out
     assert code == 0, out
     assert f"{result.checkpoint}: tetrominoes (16 images, K=4)" in out
-    assert f"logged 12 metrics to MLflow run {result.run_id}" in out
+    evaluation_id = re.search(r"logged 12 metrics to the evaluation run (\w+)", out).group(1)
     rows = printed_table(out)
     assert sorted(rows) == [0, 1, 3]
-    run = MlflowClient(uri).get_run(result.run_id)
+    after = client.get_run(result.run_id)  # the finished training run is not written into
+    assert after.data.metrics == before.data.metrics and after.info.end_time == before.info.end_time
+    run = client.get_run(evaluation_id)
+    assert run.info.status == "FINISHED" and run.data.tags["emorl.evaluation_of"] == result.run_id
+    assert run.data.tags["mlflow.parentRunId"] == result.run_id and run.data.tags["emorl.run_kind"] == "evaluation"
+    assert run.data.tags["emorl.setting_id"] == before.data.tags["emorl.setting_id"]
     for i, values in rows.items():
         for name, value in values.items():  # the table shows 5 significant digits of what was logged
             assert run.data.metrics[f"eval/tetrominoes/I{i}/{name}"] == pytest.approx(value, rel=1e-4, abs=1e-9)
@@ -78,16 +85,18 @@ def test_evaluate_repeats_the_trainers_final_evaluation(trained, capsys):
         assert row[name] == pytest.approx(result.metrics[f"test/{name}"], rel=1e-4, abs=1e-9), name
 
 
-def test_evaluate_with_another_k_and_test_set_into_a_new_run(trained, capsys):
+def test_evaluate_with_another_k_and_test_set_into_a_run_of_its_own(trained, capsys):
     uri, result, other = trained
     assert main(["evaluate", str(result.checkpoint), "--num-slots", "6", "--data-path", str(other), "--images", "16",
-                 "--new-run", "--tracking-uri", uri]) == 0
+                 "--tracking-uri", uri]) == 0
     out = capsys.readouterr().out
     assert "other_tetrominoes_K6 (16 images, K=6)" in out
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_run(result.run_id).info.experiment_id],
-                                f"tags.`emorl.evaluation_of` = '{result.run_id}'")
-    assert run.info.status == "FINISHED"
+                                f"tags.`emorl.evaluation_of` = '{result.run_id}' and "
+                                "tags.`emorl.evaluation_set` = 'other_tetrominoes_K6'")
+    assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == result.run_id
+    assert run.data.tags["emorl.run_kind"] == "evaluation"
     assert set(run.data.metrics) == {f"eval/other_tetrominoes_K6/I1/{m}" for m in METRICS}
     assert not any("K6" in key for key in client.get_run(result.run_id).data.metrics)  # the training run untouched
 
@@ -99,7 +108,10 @@ def test_evaluate_dci_and_activeness(trained, capsys):
     assert main(["evaluate", str(result.checkpoint), "--metrics", "activeness", "--images", "16",
                  "--tracking-uri", uri]) == 0
     capsys.readouterr()
-    metrics = MlflowClient(uri).get_run(result.run_id).data.metrics
+    client = MlflowClient(uri)
+    evaluations = client.search_runs([client.get_run(result.run_id).info.experiment_id],
+                                     f"tags.`emorl.evaluation_of` = '{result.run_id}'")
+    metrics = {k: v for run in evaluations for k, v in run.data.metrics.items()}
     for name in ("disentanglement", "completeness", "informativeness", "informativeness_train"):
         assert 0.0 <= metrics[f"dci/tetrominoes/{name}"] <= 1.0, name
     # 128 images x 3 pieces of 100 pixels (over the 50-pixel floor); matches under IoU 0.1 are dropped
@@ -110,7 +122,7 @@ def test_evaluate_dci_and_activeness(trained, capsys):
     assert importance["factors"] == ["x", "y", "shape", "color_r", "color_g", "color_b"]  # not visibility
     assert len(importance["importance"]) == 16 and all(len(row) == len(importance["factors"])
                                                        for row in importance["importance"])
-    logged = {a.path for a in MlflowClient(uri).list_artifacts(result.run_id, "evaluation/tetrominoes")}
+    logged = {a.path for run in evaluations for a in client.list_artifacts(run.info.run_id, "evaluation/tetrominoes")}
     assert {"evaluation/tetrominoes/dci_importance.json", "evaluation/tetrominoes/activeness.npy"} <= logged
 
 

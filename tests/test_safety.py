@@ -27,7 +27,7 @@ from emorl.engine import checkpoint as ckpt
 from emorl.engine.train import LOCK_FILE, train
 from emorl.errors import ConfigError, EmorlError, TrainingError
 from emorl.locking import FolderInUse, exclusive
-from tests.test_trainer import smoke, smoke_data  # noqa: F401  (the session's smoke data fixture)
+from tests.test_trainer import poison_loss_at_call, smoke, smoke_data  # noqa: F401  (smoke_data: a fixture)
 
 EMORL = [sys.executable, "-m", "emorl.cli"]
 
@@ -145,18 +145,25 @@ def test_damaged_and_incomplete_checkpoints_say_what_to_do(tmp_path, smoke_data)
 
 
 # -- 2. one process per folder ---------------------------------------------------------------------------
-def test_a_second_training_launch_on_a_busy_folder_stops_and_a_dead_holder_is_taken_over(tmp_path, smoke_data):
-    folder = tmp_path / "run"
-    args = ["train", "experiment=smoke", f"data.path={smoke_data}", "data.batch_size=4", "trainer.max_steps=100000",
+def long_training(folder: Path, data: Path) -> tuple[subprocess.Popen, list[str]]:
+    """`emorl train` of a long smoke run in ``folder``, in its own process, once its first checkpoint
+    is written; (the process, its arguments)."""
+    args = ["train", "experiment=smoke", f"data.path={data}", "data.batch_size=4", "trainer.max_steps=100000",
             "trainer.checkpoint_every=5", "tracking.backend=none", "trainer.progress=false",
             f"trainer.output_dir={folder}"]
-    first = subprocess.Popen([*EMORL, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                             cwd=Path(__file__).parents[1])
+    process = subprocess.Popen([*EMORL, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).parents[1])
+    deadline = time.monotonic() + 60
+    while not (folder / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return process, args
+
+
+def test_a_second_training_launch_on_a_busy_folder_stops_and_a_dead_holder_is_taken_over(tmp_path, smoke_data):
+    folder = tmp_path / "run"
+    first, args = long_training(folder, smoke_data)
     try:
         holder = folder / (LOCK_FILE + ".holder.json")
-        deadline = time.monotonic() + 60
-        while not (folder / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
         assert json.loads(holder.read_text())["pid"] == first.pid
         second = cli(*args[:-2], "trainer.max_steps=10", f"trainer.output_dir={folder}")
         assert second.returncode == 2
@@ -244,19 +251,7 @@ def test_bad_optimiser_settings_are_config_errors(override, message):
 def test_after_a_nan_the_message_gives_a_lower_lr_and_resuming_with_it_is_allowed(tmp_path, smoke_data, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from emorl.models.emorl import EfficientMORL
-
-    original = EfficientMORL.forward_backward
-    calls = {"n": 0}
-
-    def forward_backward(self, *args, **kwargs):
-        out = original(self, *args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 5:
-            out.loss = out.loss * float("nan")
-        return out
-
-    monkeypatch.setattr(EfficientMORL, "forward_backward", forward_backward)
+    poison_loss_at_call(monkeypatch, 5)  # training step 4
     overrides = ("trainer.max_steps=8", "trainer.checkpoint_every=2", "trainer.eval_every=100")
     with pytest.raises(TrainingError, match=r"same command would stop here again.*optim.lr=0.0002"):
         train(smoke(tmp_path, smoke_data, *overrides))
@@ -271,14 +266,7 @@ def test_after_a_nan_the_message_gives_a_lower_lr_and_resuming_with_it_is_allowe
 @pytest.mark.parametrize("stop, code, name", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
 def test_a_stopped_training_says_what_is_kept_and_how_to_continue(tmp_path, smoke_data, stop, code, name):
     folder = tmp_path / "run"
-    args = ["train", "experiment=smoke", f"data.path={smoke_data}", "data.batch_size=4", "trainer.max_steps=100000",
-            "trainer.checkpoint_every=5", "tracking.backend=none", "trainer.progress=false",
-            f"trainer.output_dir={folder}"]
-    process = subprocess.Popen([*EMORL, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               cwd=Path(__file__).parents[1])
-    deadline = time.monotonic() + 60
-    while not (folder / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
+    process, _ = long_training(folder, smoke_data)
     process.send_signal(stop)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == code, stderr
@@ -302,9 +290,10 @@ def test_evaluating_a_checkpoint_tracked_elsewhere_logs_a_new_run_and_writes_bes
     printed = capsys.readouterr().out
     assert f"the trained run {result.run_id} is not in the tracking store {other}" in printed
     assert list((tmp_path / "shared" / "evaluation").glob("*/metrics.json"))  # beside the checkpoint
-    runs = MlflowClient(other).search_runs(MlflowClient(other).get_experiment_by_name("emorl").experiment_id
-                                           if MlflowClient(other).get_experiment_by_name("emorl") else ["0"])
+    client = MlflowClient(other)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [r.data.tags["emorl.evaluation_of"] for r in runs] == [result.run_id]
+    assert "mlflow.parentRunId" not in runs[0].data.tags  # its training run is in another store
     run_evaluation(result.checkpoint, num_images=4, batch_size=4, no_tracking=True)  # a run's own checkpoint
     assert list((tmp_path / "run" / "evaluation").glob("*/metrics.json"))
 

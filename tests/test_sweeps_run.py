@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -150,7 +151,7 @@ def assert_tracked(name: str, output: Path, ids: list[str], steps: int = STEPS, 
         assert tags["mlflow.parentRunId"] == parent.info.run_id
         assert tags["emorl.sweep"] == name
         assert f"smoke/{tags['emorl.variant']}/seed{tags['emorl.seed']}" == trial_id
-        assert tags["emorl.git_commit"] and len(tags["emorl.config_hash"]) == 12
+        assert tags["mlflow.source.git.commit"] and len(tags["emorl.setting_id"]) == 12
         assert tags["emorl.output_dir"] == str(output / trial_id)
         assert child.data.params["trainer.max_steps"] == str(steps)
         history = client.get_metric_history(child.info.run_id, "train/loss")
@@ -311,8 +312,11 @@ def test_a_tracking_outage_is_reported_and_the_same_command_delivers_it(tmp_path
 
 
 def test_the_shipped_quickstart_runs_as_make_demo_does(tmp_path, ray_dir, processes):
-    """`emorl sweep quickstart` (the README's main command), as shipped: its data generated on first
-    use, 2 variants x 2 seeds of 30 steps, one parent and four child runs, and where to look."""
+    """`make demo` as shipped (`emorl sweep quickstart`, then `emorl report --sweep quickstart`), with
+    an evaluation sweep of its checkpoints in between, all against one store: one child run per trial,
+    one run per evaluation, no metric written into a finished run, the experiment kind and MLflow's
+    system tags, decomposition images per step, a report whose HTML holds its images, and the smoke
+    settings in no paper row."""
     output = tmp_path / "quickstart"
     driver = Driver(processes, tmp_path, "quickstart", "--output", str(output), "--ray-temp-dir", ray_dir)
     assert driver.wait() == 0, driver.text()[-3000:]
@@ -320,9 +324,59 @@ def test_the_shipped_quickstart_runs_as_make_demo_does(tmp_path, ray_dir, proces
     ids = [f"smoke/{v}/seed{s}" for v in ("reversed_prior_pp", "bottom_up_prior") for s in (0, 1)]
     assert "sweep quickstart: 4 of 4 trials finished (4 in this launch), 0 failed, 0 unfinished" in text
     assert f"output folder: {output}" in text
-    assert f"browse with:   mlflow ui --backend-store-uri {default_tracking_uri()}" in text
+    assert f"browse with:   mlflow ui --backend-store-uri {default_tracking_uri()}, then open " \
+           "http://127.0.0.1:5000/#/experiments/" in text and "?workflowType=machine_learning" in text
+    assert "report with:   emorl report --sweep quickstart\n" in text + "\n"
     assert_tracked("quickstart", output, ids, steps=30, log_every=5)
     assert all(status.read_status(output / i)["state"] == "finished" for i in ids)
+
+    client = MlflowClient(default_tracking_uri())
+    experiment = client.get_experiment_by_name("quickstart")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    (parent,), trials = tracked_runs("quickstart")
+    before = {r.info.run_id: (r.data.metrics, r.info.end_time, r.info.status) for r in trials}
+    for run in trials:  # decomposition images at each evaluation step (eval_every=15 of 30)
+        images = [a.path for a in client.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")]
+        assert sorted(int(p.split("+step+")[1].split("+")[0]) for p in images) == [15, 30]
+    # An evaluation sweep of the demo's checkpoints, in the same store.
+    spec = tmp_path / "demoeval.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "demoeval", "resources": {"cpus": 1},
+        "evaluation": {"source": {"sweep": "quickstart", "trials": ["smoke/*"]}, "refine_steps": [0, 1],
+                       "sets": [{}], "num_images": 8, "batch_size": 8}}))
+    evaluation = Driver(processes, tmp_path, spec, "--output", str(tmp_path / "demoeval"), "--source-output",
+                        str(output), "--ray-temp-dir", ray_dir)
+    assert evaluation.wait() == 0, evaluation.text()[-3000:]
+    # Then the report, as `make demo` ends.
+    report = subprocess.run([sys.executable, "-m", "emorl.cli", "report", "--sweep", "quickstart"],
+                            capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1])
+    assert report.returncode == 0, report.stderr[-3000:]
+
+    parents, children = tracked_runs("quickstart")
+    by_sweep = {p.data.tags["emorl.sweep"]: p for p in parents}
+    assert sorted(by_sweep) == ["demoeval", "quickstart"]
+    runs = {r.info.run_id: r for r in children}
+    trial_runs = [r for r in children if r.data.tags["mlflow.parentRunId"] == parent.info.run_id]
+    assert sorted(r.data.tags["emorl.sweep_trial"] for r in trial_runs) == sorted(ids)  # one child run per trial
+    evaluations = [r for r in children if r.data.tags["mlflow.parentRunId"] == by_sweep["demoeval"].info.run_id]
+    assert len(evaluations) == 4 and all(r.data.tags["emorl.run_kind"] == "evaluation" for r in evaluations)
+    assert sorted(r.data.tags["emorl.evaluation_of"] for r in evaluations) == sorted(before)  # one per trial's run
+    for run_id, (metrics, end_time, run_status) in before.items():  # no metric written into a finished run
+        assert (runs[run_id].data.metrics, runs[run_id].info.end_time, runs[run_id].info.status) == \
+               (metrics, end_time, run_status)
+    for run in [*trial_runs, *evaluations, *parents]:  # MLflow's own columns: user, source, commit
+        tags = run.data.tags
+        assert tags["mlflow.user"] and tags["mlflow.source.name"].startswith("emorl ")
+        assert len(tags["mlflow.source.git.commit"]) == 40 and tags["mlflow.note.content"]
+    # The report: logged to the sweep's parent run, its HTML holding its images, no paper row of smoke runs.
+    folder = Path(re.search(r"written to (\S+)", report.stdout).group(1))
+    page = (folder / "index.html").read_text()
+    assert "data:image/png;base64," in page and '<img src="figures/' not in page
+    assert "report/index.html" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    placement = pd.read_csv(folder / "tables" / "placement.csv")
+    assert set(placement["experiment"]) == {"smoke"} and set(placement["destination"]) == {"other settings"}
+    table2 = (folder / "tables" / "table2.md").read_text()
+    assert next(line for line in table2.splitlines() if "w/ bottom-up prior | Tetrominoes" in line).count("(n=0)")
 
 
 def test_killed_trial_is_retried_from_its_last_checkpoint(tmp_path, ray_dir, processes):
@@ -372,9 +426,11 @@ def test_failed_trials_are_listed_with_the_reason_and_the_retry_command(tmp_path
     assert [c.data.tags["emorl.sweep_trial"] for c in children] == ["smoke/good/seed0"]
 
 
-def test_evaluation_sweep_logs_test_time_refinement_into_the_training_runs(tmp_path, ray_dir, processes):
+def test_evaluation_sweep_makes_one_evaluation_run_per_trial_and_leaves_the_training_runs_alone(
+        tmp_path, ray_dir, processes):
     """A training sweep, then an evaluation-only sweep over its checkpoints: test-time I in {0, 2} on the
-    training data at K = 4 (as trained) and K = 6; the metrics land in the training run."""
+    training data at K = 4 (as trained) and K = 6; each evaluation is a run of its own, a child of the
+    evaluation sweep's parent run, linked to the training run; the finished training run is untouched."""
     source, output = tmp_path / "source", tmp_path / "evaluation"
     train_spec = write_spec(tmp_path, "evalsource", [0])
     assert Driver(processes, tmp_path, train_spec, "--output", str(source), "--ray-temp-dir", ray_dir,
@@ -392,11 +448,19 @@ def test_evaluation_sweep_logs_test_time_refinement_into_the_training_runs(tmp_p
         assert state["state"] == "finished" and state["checkpoint"] == str(
             source / "smoke/default/seed0/checkpoints/last.pt")
     parents, children = tracked_runs("evalsource")
-    assert sorted(p.data.tags["emorl.sweep"] for p in parents) == ["evalsource", "tinyeval"]
-    (run,) = children  # the evaluation wrote into the training run, no run of its own
-    logged = {k for k in run.data.metrics if k.startswith("eval/")}
+    by_sweep = {p.data.tags["emorl.sweep"]: p for p in parents}
+    assert sorted(by_sweep) == ["evalsource", "tinyeval"]
+    (trained,) = [c for c in children if c.data.tags["mlflow.parentRunId"] == by_sweep["evalsource"].info.run_id]
+    evaluations = [c for c in children if c.data.tags["mlflow.parentRunId"] == by_sweep["tinyeval"].info.run_id]
+    assert not any(k.startswith("eval/") for k in trained.data.metrics)  # the finished run is not written into
+    assert sorted(e.data.tags["emorl.sweep_trial"] for e in evaluations) == ["smoke/default/seed0/test",
+                                                                             "smoke/default/seed0/test_K6"]
+    assert all(e.data.tags["emorl.evaluation_of"] == trained.info.run_id and e.info.status == "FINISHED"
+               and e.data.tags["emorl.run_kind"] == "evaluation" for e in evaluations)
+    logged = {k for e in evaluations for k in e.data.metrics if k.startswith("eval/")}
     assert logged == {f"eval/tetrominoes{k}/I{i}/{m}" for k in ("", "_K6") for i in (0, 2)
                       for m in ("fg_ari", "mse", "kl", "nll")}
+    assert by_sweep["tinyeval"].info.status == "FINISHED"
     again = Driver(processes, tmp_path, spec, *args)
     assert again.wait() == 0 and "all 2 trials already finished; nothing to run" in again.text()
 

@@ -172,7 +172,7 @@ def test_real_server_receives_params_metrics_and_artifacts(tmp_path, data, serve
     assert [m.step for m in client.get_metric_history(result.run_id, "train/loss")] == [2, 4]
     assert "test/fg_ari" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
-    assert {"config.yaml", "figures", "checkpoints"} <= artifacts
+    assert {"config.yaml", "images", "checkpoints"} <= artifacts
     # The artifacts really went through the server to its destination folder.
     assert list((server.folder / "artifacts").rglob("last.pt"))
 
@@ -195,6 +195,6 @@ def test_killing_the_server_mid_run_loses_nothing(tmp_path, data, server, capsys
     assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(result.run_id, "train/loss")] == [2, 4, 6, 8]
     assert [m.step for m in client.get_metric_history(result.run_id, "test/fg_ari")] == [4, 8]
-    figures = {a.path for a in client.list_artifacts(result.run_id, "figures")}
-    assert figures == {"figures/step0000004.png", "figures/step0000008.png"}
+    images = [a.path for a in client.list_artifacts(result.run_id, "images") if a.path.endswith(".png")]
+    assert sorted(int(p.split("+step+")[1].split("+")[0]) for p in images) == [4, 8]  # MLflow's images, per step
     assert MLflowTracker(server.uri, result.output_dir).pending() == []

@@ -191,7 +191,8 @@ def test_resuming_with_different_settings_is_refused(tmp_path, smoke_data):
         train(smoke(tmp_path, smoke_data, "trainer.max_steps=4", "tracking.backend=none", "model.latent_dim=12"))
 
 
-def test_a_nan_loss_stops_with_the_step_and_terms_and_keeps_the_last_checkpoint(tmp_path, smoke_data, monkeypatch):
+def poison_loss_at_call(monkeypatch, call: int) -> None:
+    """Make the loss of the ``call``-th training step (1-based) NaN, as a diverging run's would be."""
     from emorl.models.emorl import EfficientMORL
 
     original = EfficientMORL.forward_backward  # the trainer's training step
@@ -200,11 +201,15 @@ def test_a_nan_loss_stops_with_the_step_and_terms_and_keeps_the_last_checkpoint(
     def forward_backward(self, *args, **kwargs):
         out = original(self, *args, **kwargs)
         calls["n"] += 1
-        if calls["n"] == 5:  # training step 4 (0-based)
+        if calls["n"] == call:
             out.loss = out.loss * float("nan")
         return out
 
     monkeypatch.setattr(EfficientMORL, "forward_backward", forward_backward)
+
+
+def test_a_nan_loss_stops_with_the_step_and_terms_and_keeps_the_last_checkpoint(tmp_path, smoke_data, monkeypatch):
+    poison_loss_at_call(monkeypatch, 5)  # training step 4 (0-based)
     cfg = smoke(tmp_path, smoke_data, "trainer.max_steps=10", "trainer.checkpoint_every=2", "trainer.eval_every=100")
     with pytest.raises(TrainingError, match=r"at training step 4: .*loss=nan.*nll=.*last good checkpoint .*last.pt"):
         train(cfg)
@@ -229,8 +234,21 @@ def test_tracking_records_params_metrics_tags_and_artifacts(tmp_path, smoke_data
     assert run.info.status == "FINISHED" and run.info.run_name == "smoke/ablation_x/seed5"
     tags = run.data.tags
     assert tags["emorl.experiment"] == "smoke" and tags["emorl.variant"] == "ablation_x" and tags["emorl.seed"] == "5"
-    assert len(tags["emorl.config_hash"]) == 12 and len(tags["emorl.dataset_hash"]) == 16
-    assert tags["emorl.git_commit"]
+    assert len(tags["emorl.dataset_hash"]) == 16 and tags["emorl.run_kind"] == "training"
+    # MLflow's own columns: user, source, commit, description; the setting's id without the seed
+    assert tags["mlflow.user"] and tags["mlflow.source.name"] == "emorl train"
+    assert len(tags["mlflow.source.git.commit"]) == 40
+    assert "smoke" in tags["mlflow.note.content"] and "seed 5" in tags["mlflow.note.content"]
+    from emorl.config import flatten
+    from emorl.engine import checkpoint as ckpt_module
+    from emorl.vocabulary import setting_id
+
+    config = ckpt_module.load(result.checkpoint)["config"]
+    assert tags["emorl.setting_id"] == setting_id(flatten(config)) == setting_id(run.data.params)
+    assert tags["emorl.setting_id"] == setting_id(flatten({**config, "seed": 6, "tracking": {}}))
+    assert tags["emorl.setting_id"] != setting_id(flatten({**config, "optim": {**config["optim"], "lr": 1e-3}}))
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs
     assert run.data.params["model.latent_dim"] == "8" and run.data.params["optim.lr"] == "0.0004"
     history = client.get_metric_history(result.run_id, "train/loss")
     assert [m.step for m in history] == [2, 4]
@@ -238,7 +256,11 @@ def test_tracking_records_params_metrics_tags_and_artifacts(tmp_path, smoke_data
                 "train/refine_steps", "train/steps_per_sec", "test/fg_ari", "test/mse", "test/kl"):
         assert key in run.data.metrics, key
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
-    assert {"config.yaml", "figures", "checkpoints"} <= artifacts
+    assert {"config.yaml", "images", "checkpoints"} <= artifacts
+    images = [a.path for a in client.list_artifacts(result.run_id, "images") if a.path.endswith(".png")]
+    evaluated = sorted(m.step for m in client.get_metric_history(result.run_id, "test/fg_ari"))
+    assert sorted(int(p.split("+step+")[1].split("+")[0]) for p in images) == evaluated  # log_image per step
+    assert all(p.startswith("images/decomposition+") for p in images)
     assert mlflow.search_runs(search_all_experiments=True).shape[0] == 1
 
 

@@ -25,7 +25,7 @@ def _train(args: argparse.Namespace) -> int:
     print("final evaluation: " + ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()))
     if cfg.tracking.backend != "none":
         uri = cfg.tracking.uri or default_tracking_uri()
-        print(tracking_note(uri, result.output_dir, result.run_id))
+        print(tracking_note(uri, result.output_dir, result.run_id, cfg.tracking.experiment))
         if undelivered(result.output_dir):
             return UNDELIVERED_EXIT_CODE
     return 0
@@ -51,7 +51,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     run_evaluation(
         args.checkpoint, refine_steps=args.refine_steps, num_slots=args.num_slots, data=args.data,
         data_path=args.data_path, split=args.split, num_images=args.images, batch_size=args.batch_size,
-        metrics=metrics, device=args.device, new_run=args.new_run, tracking_uri=args.tracking_uri,
+        metrics=metrics, device=args.device, tracking_uri=args.tracking_uri, output_dir=args.output_dir,
         seed=args.seed, no_tracking=args.no_tracking, refine_objective=args.refine_objective,
     )
     return 0
@@ -91,7 +91,7 @@ def register(subparsers) -> None:
     evaluate = subparsers.add_parser(
         "evaluate", help="evaluate a checkpoint (ARI, MSE, KL at any test-time I; DCI; activeness)",
         description="Evaluate a checkpoint on a test set at several test-time refinement steps and log the "
-                    "metrics into the run it came from (or a new run).",
+                    "metrics in an MLflow run of its own, a child of the training run it evaluates.",
     )
     evaluate.add_argument("checkpoint", help="a checkpoint file (e.g. <run folder>/checkpoints/last.pt)")
     evaluate.add_argument("--refine-steps", type=_int_list, default=None,
@@ -108,7 +108,9 @@ def register(subparsers) -> None:
     evaluate.add_argument("--refine-objective", choices=("training", "elbo"), default=None,
                           help="the gradients fed to the refinement network: the training objective (GECO with "
                                "the checkpoint's zeta) or the plain ELBO; default: the run's evaluate.refine_objective")
-    evaluate.add_argument("--new-run", action="store_true", help="log into a new MLflow run, not the trained one")
+    evaluate.add_argument("--output-dir", default=None,
+                          help="the folder of the results and the tracking spool (default: <run folder>/evaluation/"
+                               "<set>, or evaluation/<set> beside a checkpoint file outside a run folder)")
     evaluate.add_argument("--tracking-uri", default=None, help="default: the URI the run was trained with")
     evaluate.add_argument("--no-tracking", action="store_true", help="print only")
     evaluate.set_defaults(func=_evaluate)

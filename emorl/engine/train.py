@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from emorl import config as config_module
+from emorl import vocabulary
 from emorl.data.hdf5 import MultiObjectDataset
 from emorl.engine import checkpoint as ckpt
 from emorl.engine.data import (DeviceBatches, dataset_file, eval_loader, file_fingerprint, train_loader,
@@ -44,6 +45,7 @@ from emorl.tracking import MLflowTracker, Tracker, default_artifact_root
 # optim.lr: to continue a run stopped by a non-finite loss with a lower learning rate (the
 # change is printed and tagged on the run, emorl.resumed_with).
 RESUMABLE_CHANGES = ("trainer.", "tracking.", "data.num_workers", "data.path", "data.on_device", "optim.lr")
+DECOMPOSITION_IMAGE = "decomposition"  # the MLflow image key of the evaluations' decomposition figures
 LOCK_FILE = ".emorl.lock"  # in the run folder, held while a process trains it (emorl.locking)
 __all__ = ["Trainer", "TrainingHooks", "TrainResult", "compute_gradients", "train"]
 
@@ -101,7 +103,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _changed_keys(saved: dict, current: dict) -> list[str]:
+def changed_settings(saved: dict, current: dict) -> list[str]:
+    """The keys of two configs that differ, except those a resume may change (RESUMABLE_CHANGES)."""
     old, new = config_module.flatten(saved), config_module.flatten(current)
     keys = set(old) | set(new)
     return sorted(k for k in keys if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES))
@@ -188,7 +191,7 @@ class Trainer:
                 raise EmorlError(f"trainer.resume={resume}: no such checkpoint")
             return False
         state = ckpt.load(path, map_location=self.device, purpose="resume")
-        changed = _changed_keys(state["config"], self.container)
+        changed = changed_settings(state["config"], self.container)
         if changed:
             raise EmorlError(f"cannot resume {path}: the configuration differs in {changed}; "
                              "use the same settings, or another trainer.output_dir for a new run")
@@ -213,14 +216,12 @@ class Trainer:
         uri = tracking.uri or config_module.default_tracking_uri()
         name = f"{self.cfg.name}/{self.cfg.variant}/seed{self.cfg.seed}"
         tags = {
-            "emorl.experiment": self.cfg.name, "emorl.variant": self.cfg.variant, "emorl.seed": self.cfg.seed,
-            "emorl.model": self.container["model"].get("name", "efficient_morl"), "emorl.dataset": self.cfg.data.name,
-            "emorl.git_commit": git_commit(), "emorl.config_hash": config_module.config_hash(self.container),
-            "emorl.dataset_file": str(self.data_path), "emorl.dataset_hash": file_fingerprint(self.data_path),
-            "emorl.output_dir": str(self.output_dir), **dict(tracking.tags),
+            **vocabulary.run_tags(self.container, git_commit()),
+            vocabulary.DATASET_FILE: str(self.data_path), vocabulary.DATASET_HASH: file_fingerprint(self.data_path),
+            vocabulary.OUTPUT_DIR: str(self.output_dir), **dict(tracking.tags),
         }
         if self.geco_warning:
-            tags["emorl.geco_warning"] = self.geco_warning
+            tags[vocabulary.GECO_WARNING] = self.geco_warning
         tracker = MLflowTracker(uri, self.output_dir, flush_every_s=tracking.flush_every_s)
         fresh = not tracker.state.get("started")
         tracker.start(tracking.experiment, tracking.run_name or name, tags, tracking.parent_run_id,
@@ -270,7 +271,7 @@ class Trainer:
                    "Resuming is exact, so the same command would stop here again: run it again with a lower "
                    f"learning rate added (e.g. {lower}; allowed on resume, it continues from the checkpoint with "
                    "it), or check the data.")
-        self.tracker.set_tags({"emorl.failure": message[:5000]})
+        self.tracker.set_tags({vocabulary.FAILURE: message[:5000]})
         raise TrainingError(message)
 
     def _evaluate(self) -> dict[str, float]:
@@ -289,7 +290,7 @@ class Trainer:
             path = decomposition_figure(s["images"], s["reconstruction"], s["masks"], s["components"],
                                         self.output_dir / "figures" / f"step{self.step:07d}.png",
                                         title=f"{cfg.name} {cfg.variant} seed {cfg.seed}, step {self.step}")
-            self.tracker.log_artifact(path, "figures")
+            self.tracker.log_image(path, DECOMPOSITION_IMAGE, self.step)
         self.last_eval = metrics
         self.hooks.on_evaluation(self.step, metrics)
         return metrics
@@ -330,7 +331,7 @@ class Trainer:
                                self.tracker.run_id or ckpt.load(self.checkpoint_path).get("tracking_run_id"))
         self._start_tracking()
         if self.resumed_with:
-            self.tracker.set_tags({"emorl.resumed_with": "; ".join(
+            self.tracker.set_tags({vocabulary.RESUMED_WITH: "; ".join(
                 f"{k}: {a} -> {b} at step {self.step}" for k, (a, b) in self.resumed_with.items())})
         trainer = self.cfg.trainer
         data = self.cfg.data

@@ -50,8 +50,8 @@ def register(subparsers) -> None:
                                      f"or `{STATUS} NAME`: the progress and ETA of a running or interrupted sweep")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every trial, e.g. trainer.max_steps=1000")
     parser.add_argument("--dry-run", action="store_true",
-                        help="print the trials (and their state) and the cost estimate from recorded step times, "
-                             "then stop")
+                        help="print the trials (their steps and state) and the cost estimate from recorded step "
+                             "times, check the resources (this machine, or the cluster of --address), then stop")
     parser.add_argument("--cost-from", metavar="MACHINE",
                         help="--dry-run: estimate from the step times recorded on a machine whose description holds "
                              "this text (e.g. H200; see <output root>/bench/step-times.json); default: this machine")
@@ -117,18 +117,15 @@ def _sweep(args: argparse.Namespace) -> int:
     plan = expand(spec, args.overrides, output=args.output, tracking_uri=args.tracking_uri,
                   source_output=args.source_output, only=only)
     print(format_plan(plan))
-    if args.dry_run:  # the launch's resource check too; the cost is printed even when a trial does not fit
+    if args.dry_run:
         from sweeps.cost import estimate_text
         from sweeps.launch import check_resources
 
-        try:
+        try:  # the launch's resource check: a trial that does not fit fails the dry run, after the cost
             fits = check_resources(plan, LaunchOptions(address=args.address, num_cpus=args.num_cpus,
                                                        ray_temp_dir=args.ray_temp_dir))
-        except ConfigError as error:
-            fits, refused = None, error
-        print(estimate_text(plan, args.cost_from, args.cost_slots, args.num_cpus))
-        if fits is None:
-            raise refused
+        finally:
+            print(estimate_text(plan, args.cost_from, args.cost_slots, args.num_cpus))
         print(fits)
         return 0
     storage = args.storage

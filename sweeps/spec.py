@@ -334,8 +334,9 @@ def _message(item: dict, loc: tuple) -> str:
     if kind == "sweep_spec":
         loc, problem, hint = loc + ((context["key"],) if context["key"] else ()), context["problem"], context["hint"]
     elif kind in MAPPING_TYPES:
-        fields = getattr(holder, "__pydantic_fields__", {})
-        problem, hint = f"must be a mapping (got {type(given).__name__})", f"valid keys: {', '.join(fields)}"
+        problem, hint = f"must be a mapping (got {type(given).__name__})", _valid_keys(holder)
+    elif kind == "invalid_key":  # a mapping key that is not a string, e.g. `1: ...`
+        loc, problem, hint = loc[:-1], f"has a key {loc[-1]!r} that is not a string", _valid_keys(holder)
     elif loc and loc[-1] == "[key]":
         loc, problem = loc[:-2], f"name {loc[-2]!r} " + PROBLEMS.get(kind, item["msg"]).replace("must be", "is not")
     elif kind == "too_short":
@@ -347,6 +348,10 @@ def _message(item: dict, loc: tuple) -> str:
         problem = template.format(integer=integer, **context) if template else item["msg"][:1].lower() + item["msg"][1:]
         problem += "" if kind == "missing" else f" (got {_shown(given)})"
     return f"{_dotted(loc)} {problem}" + (f"; {hint}" if hint else "")
+
+
+def _valid_keys(holder: type | None) -> str:
+    return f"valid keys: {', '.join(getattr(holder, '__pydantic_fields__', {}))}"
 
 
 def _shown(value: Any) -> str:
@@ -365,9 +370,8 @@ def _config_error(error: pydantic.ValidationError, path: Path | str, prefix: tup
         else:
             lines.append(_message(item, loc))
     for parent, keys in reversed(unknown.items()):
-        valid = ", ".join(getattr(_schema_at(parent)[0], "__pydantic_fields__", {}))
         label = f" in {_dotted(parent)}" if parent else ""
-        lines.insert(0, f"unknown key(s) {sorted(keys)}{label}; valid keys: {valid}")
+        lines.insert(0, f"unknown key(s) {sorted(keys)}{label}; {_valid_keys(_schema_at(parent)[0])}")
     return ConfigError(f"{path}: " + "\n  ".join(lines))
 
 

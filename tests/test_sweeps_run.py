@@ -290,8 +290,10 @@ def test_a_tracking_outage_is_reported_and_the_same_command_delivers_it(tmp_path
     delivered = ", ".join(f"{i} ({n})" for i, n in waiting.items())
     assert f"tracking: delivered {sum(counts.values())} records kept in the spools of {len(waiting)} trials: " \
            f"{delivered}" in text
-    assert "NOT delivered" not in text and f"browse with:   open {server.uri} in a browser" in text
     experiment_id = client.get_experiment_by_name(name).experiment_id
+    assert "NOT delivered" not in text
+    assert f"browse with:   open {server.uri}/#/experiments/{experiment_id}?workflowType=machine_learning in a " \
+           "browser" in text
     runs = client.search_runs([experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("emorl.sweep_role") == "parent"]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]

@@ -25,14 +25,15 @@ from emorl import config as config_module
 from emorl import vocabulary
 from emorl.errors import ConfigError
 from emorl.vocabulary import setting_id
+from sweeps import adaptive
 
 SPEC_DIR = Path(__file__).resolve().parent / "specs"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 METRICS = ("ari", "dci", "activeness", "figures")  # `emorl evaluate --metrics`
 
 TOP_KEYS = ("name", "description", "experiment", "optional_experiment", "overrides", "seeds", "variants", "axes",
-            "resources", "max_concurrent", "max_failures", "tracking", "output", "evaluation")
-TRAINING_ONLY = ("experiment", "optional_experiment", "overrides", "seeds", "variants", "axes")
+            "resources", "max_concurrent", "max_failures", "tracking", "output", "evaluation", "adaptive")
+TRAINING_ONLY = ("experiment", "optional_experiment", "overrides", "seeds", "variants", "axes", "adaptive")
 RESOURCE_KEYS = ("cpus", "gpus")
 TRACKING_KEYS = ("uri", "experiment")
 AXIS_KEYS = ("key", "keys", "values")
@@ -127,6 +128,7 @@ class SweepSpec:
     tracking_experiment: str | None = None
     output: str | None = None
     evaluation: EvaluationSpec | None = None
+    adaptive: Any = None  # sweeps.adaptive.AdaptiveRule: more seeds while a setting's CI is too wide
 
     @property
     def kind(self) -> str:
@@ -247,10 +249,11 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
     if data.get("optional_experiment") is not None:
         optional = _parse_experiments(data["optional_experiment"], where, "optional_experiment")
         _unique([*experiments, *optional], where, "experiment and optional_experiment")
+    seeds = _parse_seeds(data.get("seeds"), where)
     return SweepSpec(
         experiments=experiments, optional_experiments=optional,
         overrides=_overrides(data.get("overrides"), where, "overrides"),
-        seeds=_parse_seeds(data.get("seeds"), where),
+        seeds=seeds, adaptive=adaptive.parse_rule(data.get("adaptive"), path, seeds),
         variants=_parse_variants(data.get("variants"), where),
         axes=_parse_axes(data.get("axes"), where),
         **common,

@@ -76,10 +76,12 @@ def parse_rule(value: Any, path, initial_seeds: tuple[int, ...]) -> AdaptiveRule
     """Validate a spec's ``adaptive:`` mapping (None: fixed seeds)."""
     if value is None:
         return None
-    if not isinstance(value, dict) or set(value) - set(ADAPTIVE_KEYS):
-        unknown = sorted(set(value) - set(ADAPTIVE_KEYS)) if isinstance(value, dict) else type(value).__name__
-        raise ConfigError(f"{path}: adaptive must be a mapping of {', '.join(ADAPTIVE_KEYS)} (got {unknown}); "
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: adaptive must be a mapping (got {type(value).__name__}); "
                           "e.g. `adaptive: {metric: test/fg_ari, target_ci: 0.03, max_seeds: 10}`")
+    unknown = sorted(str(key) for key in value if key not in ADAPTIVE_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown} in adaptive; valid keys: {', '.join(ADAPTIVE_KEYS)}")
     return make_rule(value.get("target_ci"), value.get("max_seeds"), value.get("metric", DEFAULT_METRIC),
                      initial_seeds, f"{path}: adaptive")
 

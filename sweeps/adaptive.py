@@ -202,6 +202,7 @@ def grow(plan, seeds: dict[str, list[int]], candidates: dict[str, Any]) -> list:
     added = [candidates[f"{setting}/seed{seed}"] for setting, chosen in seeds.items() for seed in chosen
              if f"{setting}/seed{seed}" not in have]
     plan.trials.extend(added)
+    plan.total += len(added)
     return added
 
 

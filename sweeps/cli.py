@@ -123,7 +123,7 @@ def _sweep(args: argparse.Namespace) -> int:
     spec = _adaptive_settings(spec, args, only)
     plan = expand(spec, args.overrides, output=args.output, tracking_uri=args.tracking_uri,
                   source_output=args.source_output, only=only)
-    if spec.adaptive is not None and args.dry_run and not args.restart:  # show the seeds decided so far
+    if spec.adaptive is not None and not args.restart:  # show the seeds decided so far
         from sweeps.adaptive import resume_plan
         from sweeps.launch import _load_state
 

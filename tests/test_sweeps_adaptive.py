@@ -12,6 +12,7 @@ from emorl.errors import ConfigError
 from sweeps import adaptive, status
 from sweeps.adaptive import FAILED, AdaptiveRule, decide, next_seeds, replay
 from sweeps.spec import expand, load_spec
+from tests.test_sweeps_run import processes, ray_dir  # noqa: F401 (fixtures)
 
 RULE = AdaptiveRule(target_ci=0.03, max_seeds=10)
 
@@ -164,3 +165,38 @@ def test_the_searcher_suggests_pending_trials_adds_seeds_and_finishes(tmp_path):
     again = expand(load_spec(write(tmp_path)), output=tmp_path / "out")
     adaptive.resume_plan(again, None)
     assert [t.id for t in again.trials] == [t.id for t in plan.trials]
+
+
+# -- a real adaptive sweep on local Ray -------------------------------------------------------------
+@pytest.mark.slow
+def test_the_adaptive_demo_gives_the_noisy_setting_one_more_seed_and_resumes_with_the_same_decisions(
+        tmp_path, ray_dir, processes):
+    """The shipped adaptive_demo (about a minute on 2 cores): `one_slot` (fg-ARI 0 for every seed)
+    meets the target with its 2 seeds, `four_slots` gets seed 2 (the cap); the same command again
+    runs nothing and decides the same."""
+    import json
+
+    from tests.test_sweeps_run import Driver
+
+    output = tmp_path / "sweep"
+    args = ("--output", str(output), "--ray-temp-dir", ray_dir)
+    first = Driver(processes, tmp_path, "adaptive_demo", *args)
+    assert first.wait(300) == 0, first.text()[-3000:]
+    text = first.text()
+    assert "adaptive seeds: added smoke/four_slots/seed2" in text
+    assert "sweep adaptive_demo: 5 of 5 trials finished (5 in this launch), 0 failed" in text
+    assert "  smoke/four_slots: 3 seeds, 3 values, 95% CI half-width " in text and "cap of 3 seeds reached" in text
+    assert "  smoke/one_slot: 2 seeds, 2 values, 95% CI half-width 0: target 0.05 met" in text
+    state = json.loads((output / "sweep.json").read_text())
+    assert state["adaptive"] == {"smoke/four_slots": [0, 1, 2], "smoke/one_slot": [0, 1]}
+    assert state["trials"][-1] == "smoke/four_slots/seed2" and len(state["trials"]) == 5
+    assert status.read_status(output / "smoke/four_slots/seed2")["state"] == "finished"
+    assert not (output / "smoke/one_slot/seed2").exists()
+
+    second = Driver(processes, tmp_path, "adaptive_demo", *args)
+    assert second.wait(120) == 0, second.text()[-3000:]
+    again = second.text()
+    assert "all 5 trials already finished; nothing to run" in again
+    assert json.loads((output / "sweep.json").read_text())["adaptive"] == state["adaptive"]
+    decided = [line for line in text.splitlines() if line.startswith("  smoke/") and "half-width" in line]
+    assert decided and all(line in again for line in decided)

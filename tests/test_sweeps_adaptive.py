@@ -119,6 +119,31 @@ def test_the_shipped_table2_tetrominoes_spec_is_adaptive():
     assert spec.adaptive == AdaptiveRule(target_ci=0.03, max_seeds=10, metric="test/fg_ari")
 
 
+def test_the_dry_run_prints_the_rule_and_the_worst_case_and_the_flags_replace_it(tmp_path, capsys):
+    from emorl.cli import main
+
+    output = tmp_path / "out"
+    assert main(["sweep", "table2_tetrominoes", "--dry-run", "--output", str(output)]) == 0
+    text = capsys.readouterr().out
+    assert ("adaptive seeds: 5 per setting first, then more (next seed numbers) while the 95% CI half-width of "
+            "test/fg_ari is above 0.03, up to 10 per setting: 20 trials decided so far, at most 40") in text
+    assert main(["sweep", "quickstart", "--dry-run", "--output", str(output), "--target-ci", "0.1",
+                 "--max-seeds", "3"]) == 0
+    assert "above 0.1, up to 3 per setting: 4 trials decided so far, at most 6" in capsys.readouterr().out
+    assert main(["sweep", "quickstart", "--dry-run", "--output", str(output), "--target-ci", "0.1"]) == 2
+    assert "give both --target-ci W and --max-seeds N" in capsys.readouterr().err
+    assert not output.exists()
+
+
+def test_the_figure_is_drawn_from_the_rule(tmp_path):
+    from sweeps.adaptive_figure import draw
+
+    seeds = draw(tmp_path / "adaptive.png")
+    assert (tmp_path / "adaptive.png").stat().st_size > 10_000
+    noisy_seeds, stable_seeds = (seeds[s] for s in sorted(seeds))  # "noisy ..." < "stable ..."
+    assert noisy_seeds == list(range(10)) and stable_seeds == list(range(6))
+
+
 # -- the searcher, driven directly, and the folders a resumed sweep reads -------------------------
 def finish(trial, value) -> None:
     """What the trainable writes as a trial ends."""

@@ -10,6 +10,7 @@ own config dataclass).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -188,8 +189,6 @@ def _chosen_model(overrides: list[str]) -> str:
 
 
 def _model_settings(overrides: list[str]) -> list[str]:
-    import dataclasses
-
     from emorl.models import model_classes  # deferred: imports torch
 
     try:
@@ -228,14 +227,45 @@ def _friendly(error: Exception, overrides: list[str]) -> ConfigError:
     return ConfigError(message)
 
 
+def unknown_added_key(override: str) -> str | None:
+    """Why ``+key=value`` or ``++key=value`` is refused, or None. Hydra lets both add a key that the
+    schema lacks (it opens the struct for them), so a misspelt ``+trainer.max_step=3`` would be taken
+    silently; only a config group (``+experiment=...``), the model's settings (checked by the model's
+    own schema) and a free mapping (``tracking.tags``) may take a new key."""
+    import typing
+
+    key = override.split("=", 1)[0]
+    if not key.startswith("+") or "=" not in override:
+        return None
+    parts = key.lstrip("+").split(".")
+    if len(parts) == 1 and parts[0] in GROUPS:
+        return None
+    node = TrainConfig
+    for depth, part in enumerate(parts):
+        fields = typing.get_type_hints(node)
+        if part not in fields:
+            section = ".".join(parts[:depth])
+            valid = f"valid keys of {section}" if section else "valid top-level keys"
+            return (f"adds {'.'.join(parts)}, a key the config does not have (a + or ++ prefix does not make a "
+                    f"key valid); {valid}: {', '.join(fields)}")
+        node = fields[part]
+        if not dataclasses.is_dataclass(node):  # a value, a free mapping (tracking.tags) or the model (its own checks)
+            return None
+    return None
+
+
 def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "train") -> DictConfig:
     """Compose the training config from the packaged YAML with Hydra overrides.
 
-    Raises ConfigError (listing the valid choices) for an unknown group option, key or a
-    value of the wrong type.
+    Raises ConfigError (listing the valid choices) for an unknown group option, key (also one added
+    with ``+``/``++``: :func:`unknown_added_key`) or a value of the wrong type.
     """
     register_schemas()
     overrides = list(overrides)
+    for override in overrides:
+        problem = unknown_added_key(override)
+        if problem:
+            raise ConfigError(f"override {override!r} {problem}")
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
     try:

@@ -50,8 +50,8 @@ def register(subparsers) -> None:
                                      f"or `{STATUS} NAME`: the progress and ETA of a running or interrupted sweep")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every trial, e.g. trainer.max_steps=1000")
     parser.add_argument("--dry-run", action="store_true",
-                        help="print the trials (and their state) and the cost estimate from recorded step times, "
-                             "then stop")
+                        help="print the trials (their steps and state) and the cost estimate from recorded step "
+                             "times, check the resources (this machine, or the cluster of --address), then stop")
     parser.add_argument("--cost-from", metavar="MACHINE",
                         help="--dry-run: estimate from the step times recorded on a machine whose description holds "
                              "this text (e.g. H200; see <output root>/bench/step-times.json); default: this machine")
@@ -131,8 +131,14 @@ def _sweep(args: argparse.Namespace) -> int:
     print(format_plan(plan))
     if args.dry_run:
         from sweeps.cost import estimate_text
+        from sweeps.launch import check_resources
 
-        print(estimate_text(plan, args.cost_from, args.cost_slots, args.num_cpus))
+        try:  # the launch's resource check: a trial that does not fit fails the dry run, after the cost
+            fits = check_resources(plan, LaunchOptions(address=args.address, num_cpus=args.num_cpus,
+                                                       ray_temp_dir=args.ray_temp_dir))
+        finally:
+            print(estimate_text(plan, args.cost_from, args.cost_slots, args.num_cpus))
+        print(fits)
         return 0
     storage = args.storage
     if storage and "://" not in storage:
@@ -206,13 +212,14 @@ def format_plan(plan) -> str:
         names = ", ".join(spec.optional_experiments)
         lines.append(f"  optional: {plan.optional} more trials ({names}), run only when --only selects them, "
                      f"e.g. --only '{spec.optional_experiments[0]}/*'")
-    rows = [("#", "trial", "overrides", "state")]
+    rows = [("#", "trial", "steps", "overrides", "state")]
     for index, trial in enumerate(plan.trials, 1):
         state, detail = trial_state(trial)
-        rows.append((str(index), trial.id, " ".join(trial.overrides) or "-", f"{state} {detail}".strip()))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        rows.append((str(index), trial.id, str(trial.max_steps or "-"), " ".join(trial.overrides) or "-",
+                     f"{state} {detail}".strip()))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
-        lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+        lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
     return "\n".join(lines)
 
 

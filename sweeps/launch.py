@@ -116,7 +116,16 @@ def trial_state(trial: Trial, children: dict | None = None) -> tuple[str, str]:
 
 
 # -- preflight -----------------------------------------------------------------------------------
-def check_local_resources(plan: Plan, options: LaunchOptions) -> None:
+def check_resources(plan: Plan, options: LaunchOptions) -> str:
+    """What the launch checks, for ``--dry-run``: this machine (local Ray), or the nodes of the
+    cluster at ``options.address`` (joined, then left); raises as the launch does, else says what fits."""
+    if not options.address:
+        return check_local_resources(plan, options)
+    with ray_session(options):
+        return check_cluster_resources(plan)
+
+
+def check_local_resources(plan: Plan, options: LaunchOptions) -> str:
     """Refuse trials that cannot fit this machine (local Ray), before anything starts."""
     cpus = options.num_cpus or os.cpu_count() or 1
     if options.num_gpus is not None:
@@ -125,20 +134,20 @@ def check_local_resources(plan: Plan, options: LaunchOptions) -> None:
         import torch
 
         gpus = torch.cuda.device_count()
-    _check_fits(plan, cpus, gpus, "this machine")
+    return _check_fits(plan, cpus, gpus, "this machine")
 
 
-def check_cluster_resources(plan: Plan) -> None:
+def check_cluster_resources(plan: Plan) -> str:
     """Refuse trials that fit on no node of the cluster joined."""
     import ray
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     cpus = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
     gpus = max((n["Resources"].get("GPU", 0) for n in nodes), default=0)
-    _check_fits(plan, cpus, gpus, f"the largest node of the cluster ({len(nodes)} nodes)")
+    return _check_fits(plan, cpus, gpus, f"the largest node of the cluster ({len(nodes)} nodes)")
 
 
-def _check_fits(plan: Plan, cpus: float, gpus: float, where: str) -> None:
+def _check_fits(plan: Plan, cpus: float, gpus: float, where: str) -> str:
     wanted = plan.spec.resources
     if wanted.cpus > cpus:
         raise ConfigError(f"{plan.spec.path}: resources.cpus={wanted.cpus:g} per trial, but {where} has {cpus:g} "
@@ -146,6 +155,8 @@ def _check_fits(plan: Plan, cpus: float, gpus: float, where: str) -> None:
     if wanted.gpus > gpus:
         raise ConfigError(f"{plan.spec.path}: resources.gpus={wanted.gpus:g} per trial, but {where} has "
                           f"{gpus:g} GPUs; pass --gpus 0 to train on CPUs, or use a GPU cluster (--address)")
+    return (f"resources: a trial ({wanted.cpus:g} CPU, {wanted.gpus:g} GPU) fits {where} ({cpus:g} CPUs, "
+            f"{gpus:g} GPUs for Ray)")
 
 
 def check_sources(plan: Plan, trials: list[Trial]) -> dict[str, dict]:

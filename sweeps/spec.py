@@ -2,10 +2,13 @@
 
 A spec (documented in docs/sweeps.md) is either a *training* sweep (base experiment(s), seeds,
 named variants and axes, whose grid product gives the trials) or an *evaluation* sweep
-(test-time evaluations of another sweep's checkpoints). :func:`load_spec` checks the structure;
-:func:`expand` composes every trial's config with Hydra, so an unknown experiment, key or
-override fails there, before anything starts. Everything a trial needs (its config with an
-absolute output folder, the tracking URI, its resources) is plain data in :class:`Trial`.
+(test-time evaluations of another sweep's checkpoints). Its structure is a typed schema
+(:class:`SweepFile` and the pydantic models and dataclasses below it: types, bounds, unknown keys,
+and validators for what types cannot say); :func:`load_spec` validates a file against it and turns
+pydantic's errors into messages naming the file, the key, what was expected and an example
+(:func:`_config_error`). :func:`expand` composes every trial's config with Hydra, so an unknown
+experiment, key or override fails there, before anything starts. Everything a trial needs (its
+config with an absolute output folder, the tracking URI, its resources) is plain data in :class:`Trial`.
 """
 
 from __future__ import annotations
@@ -15,11 +18,15 @@ import dataclasses
 import fnmatch
 import glob
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import pydantic
 import yaml
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
+from pydantic_core import PydanticCustomError
 
 from emorl import config as config_module
 from emorl import vocabulary
@@ -29,17 +36,6 @@ from sweeps import adaptive
 
 SPEC_DIR = Path(__file__).resolve().parent / "specs"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-METRICS = ("ari", "dci", "activeness", "figures")  # `emorl evaluate --metrics`
-
-TOP_KEYS = ("name", "description", "experiment", "optional_experiment", "overrides", "seeds", "variants", "axes",
-            "resources", "max_concurrent", "max_failures", "tracking", "output", "evaluation", "adaptive")
-TRAINING_ONLY = ("experiment", "optional_experiment", "overrides", "seeds", "variants", "axes", "adaptive")
-RESOURCE_KEYS = ("cpus", "gpus")
-TRACKING_KEYS = ("uri", "experiment")
-AXIS_KEYS = ("key", "keys", "values")
-EVALUATION_KEYS = ("source", "refine_steps", "sets", "num_images", "batch_size", "metrics", "seed")
-SOURCE_KEYS = ("sweep", "output", "trials", "checkpoints")
-SET_KEYS = ("data", "num_slots")
 
 # Settings the sweep decides for every trial: an override of one of them is refused.
 SWEEP_OWNED = {
@@ -52,6 +48,343 @@ SWEEP_OWNED = {
     "tracking.uri": "use `tracking: {uri: ...}` in the spec or --tracking-uri",
     "tracking.experiment": "use `tracking: {experiment: ...}` in the spec",
 }
+
+
+# -- the schema of a spec file -------------------------------------------------------------------
+# Each field's `description` is the example or hint that an error on it ends with.
+def invalid(problem: str, hint: str = "", key: str = "") -> PydanticCustomError:
+    """A check the types cannot express failed: ``<key> <problem>; <hint>`` (``key`` is below the
+    location pydantic reports, for a check on a whole model)."""
+    return PydanticCustomError("sweep_spec", "{problem}", {"problem": problem, "hint": hint, "key": key})
+
+
+def _unique(values: list, key: str = "") -> list:
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise invalid(f"repeats {repeated}", "list each value once", key)
+    return values
+
+
+def _owned(key: str) -> None:
+    bare = key.lstrip("+~")
+    if bare in SWEEP_OWNED:
+        raise invalid(f"sets {bare!r}, which the sweep decides", SWEEP_OWNED[bare])
+
+
+def _overrides(values: list[str]) -> list[str]:
+    for override in values:
+        if "=" not in override:
+            raise invalid(f"must hold Hydra overrides `key=value` (got {override!r})",
+                          "e.g. `loss.geco.enabled=false` or `prior=bottom_up`")
+        _owned(override.split("=", 1)[0])
+        added = config_module.unknown_added_key(override)
+        if added:
+            raise invalid(f"holds {override!r}, which {added}")
+    return values
+
+
+def _plain_values(values: list) -> list:
+    for item in values:
+        if isinstance(item, (list, dict)) or item is None:
+            raise invalid(f"must hold plain values (got {item!r})", "use a named variant for structured settings")
+    return _unique(values)
+
+
+def _seed_count(value: Any) -> Any:
+    """``seeds: 5`` is ``seeds: [0, 1, 2, 3, 4]``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise invalid(f"must be >= 1 when a count (got {value})", "e.g. `seeds: 5` (0..4)")
+        return list(range(value))
+    return value
+
+
+Name = Annotated[str, Strict(), Field(pattern=NAME_PATTERN.pattern)]
+Text = Annotated[str, Strict(), Field(min_length=1)]
+Number = Annotated[float, Strict()]
+Positive = Annotated[int, Strict(), Field(ge=1)]
+NonNegative = Annotated[int, Strict(), Field(ge=0)]
+Overrides = Annotated[list[Annotated[str, Strict()]], BeforeValidator(lambda v: [] if v is None else v),
+                      AfterValidator(_overrides)]
+Experiments = Annotated[list[Text], BeforeValidator(lambda v: [v] if isinstance(v, str) else v),
+                        Field(min_length=1), AfterValidator(_unique)]
+FORBID = ConfigDict(extra="forbid")
+
+
+class _Schema(BaseModel):
+    """A mapping of a spec: unknown keys are refused, and a key set to null is as if left out."""
+
+    model_config = FORBID
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=FORBID)
+class Resources:
+    """What one trial reserves in Ray: CPUs (its torch threads) and a GPU share."""
+
+    cpus: Number = Field(1.0, gt=0, description="give each trial at least a share of a CPU, e.g. `cpus: 2`")
+    gpus: Number = Field(0.0, ge=0, description="use 0 for CPU trials, a fraction <= 1 to pack trials on a GPU, "
+                                                "e.g. `gpus: 0.5`")
+
+    @pydantic.field_validator("gpus")
+    @classmethod
+    def _one_device(cls, gpus: float) -> float:
+        if gpus > 1 and gpus != int(gpus):
+            raise invalid(f"above 1 must be a whole number (got {gpus:g})",
+                          "a trial uses one device: give a fraction <= 1 to pack trials, or 1")
+        return gpus
+
+    @property
+    def threads(self) -> int:
+        return max(1, int(self.cpus))
+
+    def ray(self) -> dict[str, float]:
+        return {"cpu": float(self.cpus), "gpu": float(self.gpus)}
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=FORBID)
+class EvaluationSet:
+    """One test set of an evaluation sweep: the training data (``data=None``) or another set, at K slots."""
+
+    data: Text | None = Field(None, description="e.g. `data: clevr10`, or leave it out for the training data")
+    num_slots: Positive | None = Field(None, description="K at test time, e.g. `num_slots: 11`")
+
+    @property
+    def label(self) -> str:
+        return (self.data or "test") + (f"_K{self.num_slots}" if self.num_slots else "")
+
+
+class Source(_Schema):
+    """The checkpoints an evaluation sweep evaluates: another sweep's trials, or files."""
+
+    sweep: Text | None = Field(None, description="a shipped spec name or a path, e.g. `sweep: table1`")
+    output: Text | None = Field(None, description="that sweep's output folder, or leave it out for its default")
+    trials: list[Text] = Field(["*"], min_length=1, description="patterns over its trial ids, e.g. "
+                                                               "`trials: ['clevr6/*']`")
+    checkpoints: list[Text] | None = Field(None, min_length=1, description="files or globs, e.g. "
+                                           "`checkpoints: [/runs/*/checkpoints/last.pt]`")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Source:
+        if (self.sweep is None) == (self.checkpoints is None):
+            raise invalid("needs exactly one of `sweep: <spec>` or `checkpoints: [<files>]`",
+                          "e.g. `source: {sweep: table1, trials: ['clevr6/*']}`")
+        return self
+
+
+class Evaluation(_Schema):
+    """Test-time evaluations of checkpoints (Table 3, Figures 7 and 14)."""
+
+    source: Source = Field(description="e.g. `source: {sweep: table1, trials: ['clevr6/*']}`")
+    refine_steps: Annotated[list[NonNegative], AfterValidator(_unique)] | None = Field(
+        None, min_length=1, description="test-time I, e.g. `refine_steps: [0, 1, 2, 3, 4, 5, 6]`, or leave it out "
+                                        "for the setting's test-time I")
+    sets: list[EvaluationSet] = Field([EvaluationSet()], min_length=1, description=(
+        "give at least one set, e.g. `sets: [{}]` (the training data's test split) or "
+        "`sets: [{data: clevr10, num_slots: 11}]`"))
+    num_images: Positive = Field(320, description="e.g. `num_images: 320`")
+    batch_size: Positive = Field(32, description="e.g. `batch_size: 32`")
+    metrics: list[Literal["ari", "dci", "activeness", "figures"]] = Field(
+        ["ari"], min_length=1, description="e.g. `metrics: [ari]`, `metrics: [dci, activeness]` or `metrics: [ari, figures]`")
+    seed: NonNegative = Field(0, description="e.g. `seed: 0`")
+
+    @pydantic.field_validator("sets")
+    @classmethod
+    def _distinct_sets(cls, sets: list[EvaluationSet]) -> list[EvaluationSet]:
+        _unique([s.label for s in sets])
+        return sets
+
+
+class AxisBody(_Schema):
+    """A grid axis in the file: ``{key: ..., values: [...]}`` or ``{keys: [...], values: [...]}``."""
+
+    key: Text | None = Field(None, description="e.g. `key: model.stochastic_layers`")
+    keys: list[Text] | None = Field(None, min_length=1, description="e.g. `keys: [curriculum.refine_steps, "
+                                                                    "curriculum.test_refine_steps]`")
+    values: Annotated[list[Any], AfterValidator(_plain_values)] = Field(
+        min_length=1, description="give the values to sweep, e.g. `values: [0, 1, 3]`")
+
+    @model_validator(mode="after")
+    def _one_key(self) -> AxisBody:
+        if (self.key is None) == (self.keys is None):
+            raise invalid("needs exactly one of `key: <config key>` or `keys: [<keys>]`",
+                          "e.g. `key: model.stochastic_layers`")
+        for key in self.all_keys:
+            _owned(key)
+        return self
+
+    @property
+    def all_keys(self) -> tuple[str, ...]:
+        return (self.key,) if self.key is not None else tuple(self.keys)
+
+
+class Tracking(_Schema):
+    uri: Text | None = Field(None, description="e.g. `uri: http://mlflow:5000`, or leave it out")
+    experiment: Text | None = Field(None, description="the MLflow experiment, e.g. `experiment: table1`")
+
+
+TRAINING_ONLY = ("experiment", "optional_experiment", "overrides", "seeds", "variants", "axes", "adaptive")
+
+
+class SweepFile(_Schema):
+    """A spec file as written (docs/sweeps.md); :meth:`spec` gives the :class:`SweepSpec` it describes."""
+
+    name: Name = Field(description="add e.g. `name: my_sweep`")
+    description: Annotated[str, Strict()] = ""
+    experiment: Experiments | None = Field(None, description="name the base experiment, e.g. `experiment: clevr6` "
+                                                             "(or a list of experiments)")
+    optional_experiment: Experiments | None = Field(None, description="e.g. `optional_experiment: [iodine_clevr6]`")
+    overrides: Overrides = Field([], description="e.g. `overrides: [model.dual_gru=false]`")
+    seeds: Annotated[list[NonNegative], BeforeValidator(_seed_count), AfterValidator(_unique)] = Field(
+        [], description="give a list such as `seeds: [0, 1, 2]` or a count such as `seeds: 5`")
+    variants: dict[Name, Overrides] | None = Field(None, min_length=1, description=(
+        "a mapping of name -> overrides, e.g. `variants: {full: [], without_geco: [loss.geco.enabled=false]}`, "
+        "or leave it out"))
+    axes: dict[Name, AxisBody] | None = Field(None, min_length=1, description=(
+        "a mapping of label -> {key, values}, e.g. `axes: {L: {key: model.stochastic_layers, values: [1, 2, 3]}}`, "
+        "or leave it out"))
+    resources: Resources = Resources()
+    max_concurrent: Positive | None = Field(None, description="e.g. `max_concurrent: 4`, or leave it out")
+    max_failures: NonNegative = Field(2, description="retries of a failed trial, e.g. `max_failures: 2`")
+    tracking: Tracking = Tracking()
+    output: Text | None = Field(None, description="the sweep's folder, or leave it out")
+    evaluation: Evaluation | None = None
+    adaptive: dict[Any, Any] | None = None  # checked by sweeps.adaptive.parse_rule (with the seeds)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_kind(cls, data: Any) -> Any:
+        present = [key for key in TRAINING_ONLY if isinstance(data, dict) and key in data]
+        if present and "evaluation" in data:
+            raise invalid("belongs to training sweeps, not evaluation sweeps", "split the spec in two: one training "
+                          "sweep, one evaluation sweep over its checkpoints", key=", ".join(present))
+        return data
+
+    @model_validator(mode="after")
+    def _training_grid(self) -> SweepFile:
+        if self.evaluation is not None:
+            return self
+        fields = SweepFile.model_fields
+        if self.experiment is None:
+            raise invalid("is missing", fields["experiment"].description, key="experiment")
+        if not self.seeds:
+            raise invalid("is missing or empty", fields["seeds"].description, key="seeds")
+        _unique([*self.experiment, *(self.optional_experiment or ())], "experiment and optional_experiment")
+        return self
+
+    def spec(self, path: Path) -> SweepSpec:
+        common = dict(name=self.name, path=path, description=self.description.strip(), resources=self.resources,
+                      max_concurrent=self.max_concurrent, max_failures=self.max_failures,
+                      tracking_uri=self.tracking.uri, tracking_experiment=self.tracking.experiment,
+                      output=self.output)
+        if self.evaluation is not None:
+            return SweepSpec(evaluation=self.evaluation, **common)
+        return SweepSpec(
+            experiments=tuple(self.experiment), optional_experiments=tuple(self.optional_experiment or ()),
+            overrides=tuple(self.overrides), seeds=tuple(self.seeds),
+            adaptive=adaptive.parse_rule(self.adaptive, path, tuple(self.seeds)),
+            variants=tuple((name, tuple(overrides)) for name, overrides in (self.variants or {}).items()),
+            axes=tuple(Axis(label, body.all_keys, tuple(body.values)) for label, body in (self.axes or {}).items()),
+            **common)
+
+
+# -- pydantic's errors as ours: "<file>: <key> <what was expected> (got ...); <example>" ----------
+PROBLEMS = {
+    "missing": "is missing", "int_type": "must be an integer", "float_type": "must be a number",
+    "string_type": "must be a string", "bool_type": "must be true or false", "list_type": "must be a list",
+    "string_too_short": "must be a non-empty string",
+    "string_pattern_mismatch": "must be a name of letters, digits, '_', '-', '.'",
+    "greater_than": "must be {integer}> {gt:g}", "greater_than_equal": "must be {integer}>= {ge:g}",
+    "literal_error": "must be one of {expected}",
+}
+MAPPING_TYPES = ("dict_type", "model_type", "model_attributes_type", "dataclass_type", "dataclass_exact_type")
+UNKNOWN_TYPES = ("extra_forbidden", "unexpected_keyword_argument")
+
+
+def _schema_at(loc: tuple) -> tuple[type | None, Any]:
+    """The schema class at ``loc`` (a model, dataclass or None) and the field ``loc`` ends in, walking
+    from :class:`SweepFile` (a mapping's keys and a list's indices stay in the same class)."""
+    holder, found = SweepFile, None
+    for part in loc:
+        fields = getattr(holder, "__pydantic_fields__", {})
+        if isinstance(part, str) and part in fields:
+            found = fields[part]
+            holder = _inner_schema(found.annotation)
+    return holder, found
+
+
+def _inner_schema(annotation: Any) -> type | None:
+    if isinstance(annotation, type) and hasattr(annotation, "__pydantic_fields__"):
+        return annotation
+    return next(filter(None, map(_inner_schema, typing.get_args(annotation))), None)
+
+
+def _dotted(loc: tuple) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "the spec"
+
+
+def _message(item: dict, loc: tuple) -> str:
+    kind, context, given = item["type"], item.get("ctx") or {}, item.get("input")
+    holder, found = _schema_at(loc)
+    hint = found.description if found is not None and found.description else ""
+    if kind == "sweep_spec":
+        loc, problem, hint = loc + ((context["key"],) if context["key"] else ()), context["problem"], context["hint"]
+    elif kind in MAPPING_TYPES:
+        problem, hint = f"must be a mapping (got {type(given).__name__})", _valid_keys(holder)
+    elif kind == "invalid_key":  # a mapping key that is not a string, e.g. `1: ...`
+        loc, problem, hint = loc[:-1], f"has a key {loc[-1]!r} that is not a string", _valid_keys(holder)
+    elif loc and loc[-1] == "[key]":
+        loc, problem = loc[:-2], f"name {loc[-2]!r} " + PROBLEMS.get(kind, item["msg"]).replace("must be", "is not")
+    elif kind == "too_short":
+        problem = "must be a non-empty mapping" if isinstance(given, dict) else "is missing or empty"
+        problem += f" (got {_shown(given)})" if isinstance(given, dict) else ""
+    else:
+        integer = "an integer " if isinstance(context.get("gt", context.get("ge")), int) else ""
+        template = PROBLEMS.get(kind)
+        problem = template.format(integer=integer, **context) if template else item["msg"][:1].lower() + item["msg"][1:]
+        problem += "" if kind == "missing" else f" (got {_shown(given)})"
+    return f"{_dotted(loc)} {problem}" + (f"; {hint}" if hint else "")
+
+
+def _valid_keys(holder: type | None) -> str:
+    return f"valid keys: {', '.join(getattr(holder, '__pydantic_fields__', {}))}"
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _config_error(error: pydantic.ValidationError, path: Path | str, prefix: tuple = ()) -> ConfigError:
+    """One message per problem: the unknown keys of each mapping together, then the others."""
+    unknown: dict[tuple, list[str]] = {}
+    lines = []
+    for item in error.errors():
+        loc = prefix + tuple(item["loc"])
+        if item["type"] in UNKNOWN_TYPES:
+            unknown.setdefault(loc[:-1], []).append(str(loc[-1]))
+        else:
+            lines.append(_message(item, loc))
+    for parent, keys in reversed(unknown.items()):
+        label = f" in {_dotted(parent)}" if parent else ""
+        lines.insert(0, f"unknown key(s) {sorted(keys)}{label}; {_valid_keys(_schema_at(parent)[0])}")
+    return ConfigError(f"{path}: " + "\n  ".join(lines))
+
+
+def validated(schema: Any, data: Any, source: Path | str, prefix: tuple = ()) -> Any:
+    """``data`` validated against ``schema`` (a type of this schema), or a ConfigError naming ``source``
+    and the key (``prefix``: where ``data`` sits in a spec)."""
+    try:
+        return pydantic.TypeAdapter(schema).validate_python(data)
+    except pydantic.ValidationError as error:
+        raise _config_error(error, source, prefix) from None
 
 
 @dataclass(frozen=True)
@@ -67,47 +400,6 @@ class Axis:
 
     def tag(self, value) -> str:
         return f"{self.label}{slug(value)}"
-
-
-@dataclass(frozen=True)
-class Resources:
-    """What one trial reserves in Ray: CPUs (its torch threads) and a GPU share."""
-
-    cpus: float = 1.0
-    gpus: float = 0.0
-
-    @property
-    def threads(self) -> int:
-        return max(1, int(self.cpus))
-
-    def ray(self) -> dict[str, float]:
-        return {"cpu": float(self.cpus), "gpu": float(self.gpus)}
-
-
-@dataclass(frozen=True)
-class EvaluationSet:
-    """One test set of an evaluation sweep: the training data (``data=None``) or another set, at K slots."""
-
-    data: str | None = None
-    num_slots: int | None = None
-
-    @property
-    def label(self) -> str:
-        return (self.data or "test") + (f"_K{self.num_slots}" if self.num_slots else "")
-
-
-@dataclass(frozen=True)
-class EvaluationSpec:
-    source_sweep: str | None = None  # a shipped spec name or a path: its trials' checkpoints
-    source_output: str | None = None  # that sweep's output folder (default: its own default)
-    source_trials: tuple[str, ...] = ("*",)  # patterns over the source trial ids
-    checkpoints: tuple[str, ...] = ()  # or explicit checkpoint files / globs
-    refine_steps: tuple[int, ...] | None = None  # test-time I (None: the setting's test I)
-    sets: tuple[EvaluationSet, ...] = (EvaluationSet(),)
-    num_images: int = 320
-    batch_size: int = 32
-    metrics: tuple[str, ...] = ("ari",)
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -127,7 +419,7 @@ class SweepSpec:
     tracking_uri: str | None = None
     tracking_experiment: str | None = None
     output: str | None = None
-    evaluation: EvaluationSpec | None = None
+    evaluation: Evaluation | None = None
     adaptive: Any = None  # sweeps.adaptive.AdaptiveRule: more seeds while a setting's CI is too wide
 
     @property
@@ -221,185 +513,15 @@ def load_spec(name_or_path: str | Path, relative_to: Path | None = None) -> Swee
 
 
 def parse_spec(data: Any, path: Path) -> SweepSpec:
-    """Validate the structure of a spec (a mapping read from YAML)."""
-    where = _Where(path)
-    data = where.mapping(data, "the spec", TOP_KEYS)
-    name = data.get("name")
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise where.error("name", f"must be a name of letters, digits, '_', '-', '.' (got {name!r})",
-                          "add e.g. `name: my_sweep`")
-    common = dict(
-        name=name, path=path, description=str(data.get("description") or "").strip(),
-        resources=parse_resources(data.get("resources"), where),
-        max_concurrent=_optional_int(data.get("max_concurrent"), where, "max_concurrent", minimum=1),
-        max_failures=_int(data.get("max_failures", 2), where, "max_failures", minimum=0),
-        output=_optional_str(data.get("output"), where, "output"),
-    )
-    tracking = where.mapping(data.get("tracking") or {}, "tracking", TRACKING_KEYS)
-    common["tracking_uri"] = _optional_str(tracking.get("uri"), where, "tracking.uri")
-    common["tracking_experiment"] = _optional_str(tracking.get("experiment"), where, "tracking.experiment")
-    if "evaluation" in data:
-        present = [key for key in TRAINING_ONLY if key in data]
-        if present:
-            raise where.error(", ".join(present), "belongs to training sweeps, not evaluation sweeps",
-                              "split the spec in two: one training sweep, one evaluation sweep over its checkpoints")
-        return SweepSpec(evaluation=_parse_evaluation(data["evaluation"], where), **common)
-    experiments = _parse_experiments(data.get("experiment"), where)
-    optional = ()
-    if data.get("optional_experiment") is not None:
-        optional = _parse_experiments(data["optional_experiment"], where, "optional_experiment")
-        _unique([*experiments, *optional], where, "experiment and optional_experiment")
-    seeds = _parse_seeds(data.get("seeds"), where)
-    return SweepSpec(
-        experiments=experiments, optional_experiments=optional,
-        overrides=_overrides(data.get("overrides"), where, "overrides"),
-        seeds=seeds, adaptive=adaptive.parse_rule(data.get("adaptive"), path, seeds),
-        variants=_parse_variants(data.get("variants"), where),
-        axes=_parse_axes(data.get("axes"), where),
-        **common,
-    )
+    """Validate a spec (a mapping read from YAML) against :class:`SweepFile`."""
+    return validated(SweepFile, data, path).spec(path)
 
 
-def parse_resources(value: Any, where: _Where | None = None, cpus: float | None = None,
-                    gpus: float | None = None) -> Resources:
-    """Resources per trial; ``cpus``/``gpus`` replace the spec's values (command-line flags)."""
-    where = where or _Where(Path("command line"))
-    data = where.mapping(value or {}, "resources", RESOURCE_KEYS)
-    cpus = data.get("cpus", 1) if cpus is None else cpus
-    gpus = data.get("gpus", 0) if gpus is None else gpus
-    for key, number in (("cpus", cpus), ("gpus", gpus)):
-        if isinstance(number, bool) or not isinstance(number, (int, float)):
-            raise where.error(f"resources.{key}", f"must be a number (got {number!r})", "e.g. `cpus: 2`, `gpus: 0.5`")
-    if cpus <= 0:
-        raise where.error("resources.cpus", f"must be > 0 (got {cpus})", "give each trial at least a share of a CPU")
-    if gpus < 0:
-        raise where.error("resources.gpus", f"must be >= 0 (got {gpus})", "use 0 for CPU trials")
-    if gpus > 1 and gpus != int(gpus):
-        raise where.error("resources.gpus", f"above 1 must be a whole number (got {gpus})",
-                          "a trial uses one device: give a fraction <= 1 to pack trials, or 1")
-    return Resources(float(cpus), float(gpus))
-
-
-def _parse_experiments(value: Any, where: _Where, key: str = "experiment") -> tuple[str, ...]:
-    if value is None:
-        raise where.error(key, "is missing", "name the base experiment, e.g. `experiment: clevr6` "
-                          "(or a list of experiments)")
-    names = [value] if isinstance(value, str) else value
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
-        raise where.error(key, f"must be an experiment name or a non-empty list of names (got {value!r})",
-                          f"e.g. `{key}: [tetrominoes, clevr6]`")
-    _unique(names, where, key)
-    return tuple(names)
-
-
-def _parse_seeds(value: Any, where: _Where) -> tuple[int, ...]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 1:
-            raise where.error("seeds", f"must be >= 1 when a count (got {value})", "e.g. `seeds: 5` (0..4)")
-        return tuple(range(value))
-    if not isinstance(value, list) or not value:
-        raise where.error("seeds", "is missing or empty" if not value else f"must be a list of seeds (got {value!r})",
-                          "give a list such as `seeds: [0, 1, 2]` or a count such as `seeds: 5`")
-    for seed in value:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise where.error("seeds", f"must hold integers >= 0 (got {seed!r})", "e.g. `seeds: [0, 1, 2]`")
-    _unique(value, where, "seeds")
-    return tuple(value)
-
-
-def _parse_variants(value: Any, where: _Where) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, dict) or not value:
-        raise where.error("variants", f"must be a non-empty mapping of name -> overrides (got {value!r})",
-                          "e.g. `variants: {full: [], without_geco: [loss.geco.enabled=false]}`, or leave it out")
-    variants = []
-    for name, overrides in value.items():
-        if not isinstance(name, str) or not NAME_PATTERN.match(name):
-            raise where.error("variants", f"variant name {name!r} is not a plain name",
-                              "use letters, digits, '_', '-', '.'")
-        variants.append((name, _overrides(overrides, where, f"variants.{name}")))
-    return tuple(variants)
-
-
-def _parse_axes(value: Any, where: _Where) -> tuple[Axis, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, dict) or not value:
-        raise where.error("axes", f"must be a non-empty mapping of label -> {{key, values}} (got {value!r})",
-                          "e.g. `axes: {L: {key: model.stochastic_layers, values: [1, 2, 3]}}`, or leave it out")
-    axes = []
-    for label, body in value.items():
-        if not isinstance(label, str) or not NAME_PATTERN.match(label):
-            raise where.error("axes", f"axis label {label!r} is not a plain name", "use e.g. L or I")
-        body = where.mapping(body, f"axes.{label}", AXIS_KEYS)
-        keys = body.get("keys", [body["key"]] if "key" in body else None)
-        if ("key" in body) == ("keys" in body) or not isinstance(keys, list) or not keys or \
-                not all(isinstance(k, str) and k for k in keys):
-            raise where.error(f"axes.{label}", "needs exactly one of `key: <config key>` or `keys: [<keys>]`",
-                              "e.g. `key: model.stochastic_layers`")
-        for key in keys:
-            _check_not_owned(key, where, f"axes.{label}")
-        values = body.get("values")
-        if not isinstance(values, list) or not values:
-            raise where.error(f"axes.{label}.values", "is missing or empty",
-                              "give the values to sweep, e.g. `values: [0, 1, 3]`")
-        for item in values:
-            if isinstance(item, (list, dict)) or item is None:
-                raise where.error(f"axes.{label}.values", f"must hold plain values (got {item!r})",
-                                  "use a named variant for structured settings")
-        _unique(values, where, f"axes.{label}.values")
-        axes.append(Axis(label, tuple(keys), tuple(values)))
-    return tuple(axes)
-
-
-def _parse_evaluation(value: Any, where: _Where) -> EvaluationSpec:
-    body = where.mapping(value, "evaluation", EVALUATION_KEYS)
-    source = where.mapping(body.get("source"), "evaluation.source", SOURCE_KEYS)
-    checkpoints = source.get("checkpoints")
-    if ("sweep" in source) == (checkpoints is not None):
-        raise where.error("evaluation.source", "needs exactly one of `sweep: <spec>` or `checkpoints: [<files>]`",
-                          "e.g. `source: {sweep: table1, trials: ['clevr6/*']}`")
-    if checkpoints is not None and (not isinstance(checkpoints, list) or not checkpoints
-                                    or not all(isinstance(c, str) for c in checkpoints)):
-        raise where.error("evaluation.source.checkpoints", "must be a non-empty list of files or globs",
-                          "e.g. `checkpoints: [/runs/*/checkpoints/last.pt]`")
-    trials = source.get("trials", ["*"])
-    if not isinstance(trials, list) or not trials or not all(isinstance(t, str) and t for t in trials):
-        raise where.error("evaluation.source.trials", f"must be a non-empty list of patterns (got {trials!r})",
-                          "e.g. `trials: ['clevr6/*']`")
-    refine_steps = body.get("refine_steps")
-    if refine_steps is not None:
-        if not isinstance(refine_steps, list) or not refine_steps or not all(
-                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in refine_steps):
-            raise where.error("evaluation.refine_steps", f"must be a non-empty list of integers >= 0 "
-                              f"(got {refine_steps!r})", "e.g. `refine_steps: [0, 1, 2, 3, 4, 5, 6]`, or leave "
-                              "it out for the setting's test-time I")
-        _unique(refine_steps, where, "evaluation.refine_steps")
-        refine_steps = tuple(refine_steps)
-    sets_value = body.get("sets", [{}])
-    if not isinstance(sets_value, list) or not sets_value:
-        raise where.error("evaluation.sets", "is empty", "give at least one set, e.g. `sets: [{}]` (the training "
-                          "data's test split) or `sets: [{data: clevr10, num_slots: 11}]`")
-    sets = []
-    for index, item in enumerate(sets_value):
-        item = where.mapping(item or {}, f"evaluation.sets[{index}]", SET_KEYS)
-        sets.append(EvaluationSet(_optional_str(item.get("data"), where, f"evaluation.sets[{index}].data"),
-                                  _optional_int(item.get("num_slots"), where, f"evaluation.sets[{index}].num_slots",
-                                                minimum=1)))
-    _unique([s.label for s in sets], where, "evaluation.sets")
-    metrics = body.get("metrics", ["ari"])
-    if not isinstance(metrics, list) or not metrics or any(m not in METRICS for m in metrics):
-        raise where.error("evaluation.metrics", f"must be a non-empty list from {list(METRICS)} (got {metrics!r})",
-                          "e.g. `metrics: [ari]` or `metrics: [dci, activeness]`")
-    return EvaluationSpec(
-        source_sweep=_optional_str(source.get("sweep"), where, "evaluation.source.sweep"),
-        source_output=_optional_str(source.get("output"), where, "evaluation.source.output"),
-        source_trials=tuple(trials), checkpoints=tuple(checkpoints or ()), refine_steps=refine_steps,
-        sets=tuple(sets), num_images=_int(body.get("num_images", 320), where, "evaluation.num_images", minimum=1),
-        batch_size=_int(body.get("batch_size", 32), where, "evaluation.batch_size", minimum=1),
-        metrics=tuple(metrics), seed=_int(body.get("seed", 0), where, "evaluation.seed", minimum=0),
-    )
+def parse_resources(value: Any, cpus: float | None = None, gpus: float | None = None,
+                    source: str = "command line") -> Resources:
+    """Resources per trial; ``cpus``/``gpus`` replace the values of ``value`` (command-line flags)."""
+    flags = {key: number for key, number in (("cpus", cpus), ("gpus", gpus)) if number is not None}
+    return validated(Resources, {**(value or {}), **flags}, source, ("resources",))
 
 
 # -- expansion -----------------------------------------------------------------------------------
@@ -419,10 +541,7 @@ def expand(spec: SweepSpec, overrides: list[str] | tuple[str, ...] = (), output:
     ``only`` keeps the trials whose id matches one of the patterns. The trials of the spec's
     ``optional_experiment`` are run only when ``only`` selects them.
     """
-    where = _Where(spec.path)
-    overrides = tuple(overrides)
-    for override in overrides:
-        _check_override(override, where, "command-line overrides")
+    overrides = tuple(validated(Overrides, list(overrides), spec.path, ("command-line overrides",)))
     output_dir = Path(output).expanduser().resolve() if output else default_output_dir(spec)
     if spec.kind == "evaluation":
         if overrides:
@@ -532,28 +651,28 @@ def _expand_evaluation(spec: SweepSpec, output_dir: Path, tracking_uri: str | No
     evaluation = spec.evaluation
     sources: list[tuple[str, Path]] = []  # (source trial id, checkpoint)
     source_uri, source_experiment = None, None
-    if evaluation.source_sweep:
-        source_spec = load_spec(evaluation.source_sweep, relative_to=spec.path.parent)
+    if evaluation.source.sweep:
+        source_spec = load_spec(evaluation.source.sweep, relative_to=spec.path.parent)
         if source_spec.kind != "training":
-            raise ConfigError(f"{spec.path}: evaluation.source.sweep {evaluation.source_sweep!r} is an evaluation "
+            raise ConfigError(f"{spec.path}: evaluation.source.sweep {evaluation.source.sweep!r} is an evaluation "
                               "sweep; point it at the training sweep whose checkpoints you want to evaluate")
-        folder = source_output or evaluation.source_output
+        folder = source_output or evaluation.source.output
         source_plan = expand(source_spec, output=folder)
         source_uri, source_experiment = source_plan.tracking_uri, source_plan.tracking_experiment
         for trial in source_plan.trials:
-            if any(fnmatch.fnmatchcase(trial.id, pattern) for pattern in evaluation.source_trials):
+            if any(fnmatch.fnmatchcase(trial.id, pattern) for pattern in evaluation.source.trials):
                 sources.append((trial.id, trial.output_dir / "checkpoints" / "last.pt"))
         if not sources:
-            raise ConfigError(f"{spec.path}: evaluation.source.trials {list(evaluation.source_trials)} match none of "
+            raise ConfigError(f"{spec.path}: evaluation.source.trials {evaluation.source.trials} match none of "
                               f"the trials of {source_spec.name} (e.g. {source_plan.trials[0].id})")
     else:
-        for pattern in evaluation.checkpoints:
+        for pattern in evaluation.source.checkpoints:
             matches = sorted(glob.glob(str(Path(pattern).expanduser()))) if glob.has_magic(pattern) else [pattern]
             for match in matches:
                 checkpoint = Path(match).expanduser().resolve()
                 sources.append(("/".join(checkpoint.parent.parent.parts[-3:]), checkpoint))
         if not sources:
-            raise ConfigError(f"{spec.path}: evaluation.source.checkpoints {list(evaluation.checkpoints)} match no "
+            raise ConfigError(f"{spec.path}: evaluation.source.checkpoints {evaluation.source.checkpoints} match no "
                               "file; give existing checkpoint files (or globs)")
     uri = _absolute_uri(tracking_uri or spec.tracking_uri or source_uri)
     experiment = spec.tracking_experiment or source_experiment or spec.name
@@ -604,73 +723,6 @@ def slug(value: Any) -> str:
     """A value as a piece of a folder name."""
     text = hydra_value(value).strip("'")
     return re.sub(r"[^A-Za-z0-9._+-]", "-", text)
-
-
-class _Where:
-    """Builds errors that name the spec file and the key."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def error(self, key: str, problem: str, fix: str) -> ConfigError:
-        return ConfigError(f"{self.path}: {key} {problem}; {fix}")
-
-    def mapping(self, value: Any, key: str, allowed: tuple[str, ...]) -> dict:
-        if not isinstance(value, dict):
-            raise self.error(key, f"must be a mapping (got {type(value).__name__})",
-                             f"valid keys: {', '.join(allowed)}")
-        unknown = sorted(str(k) for k in value if k not in allowed)
-        if unknown:
-            label = "" if key == "the spec" else f" in {key}"
-            raise ConfigError(f"{self.path}: unknown key(s) {unknown}{label}; valid keys: {', '.join(allowed)}")
-        return value
-
-
-def _check_not_owned(key: str, where: _Where, context: str) -> None:
-    bare = key.lstrip("+~")
-    if bare in SWEEP_OWNED:
-        raise where.error(context, f"sets {bare!r}, which the sweep decides", SWEEP_OWNED[bare])
-
-
-def _check_override(override: Any, where: _Where, context: str) -> str:
-    if not isinstance(override, str) or "=" not in override:
-        raise where.error(context, f"must hold Hydra overrides `key=value` (got {override!r})",
-                          "e.g. `loss.geco.enabled=false` or `prior=bottom_up`")
-    _check_not_owned(override.split("=", 1)[0], where, context)
-    return override
-
-
-def _overrides(value: Any, where: _Where, key: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise where.error(key, f"must be a list of overrides (got {value!r})", "e.g. `[model.dual_gru=false]`")
-    return tuple(_check_override(item, where, key) for item in value)
-
-
-def _unique(values: list, where: _Where, key: str) -> None:
-    repeated = sorted({str(v) for v in values if values.count(v) > 1})
-    if repeated:
-        raise where.error(key, f"repeats {repeated}", "list each value once")
-
-
-def _int(value: Any, where: _Where, key: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise where.error(key, f"must be an integer >= {minimum} (got {value!r})", f"e.g. `{key.split('.')[-1]}: "
-                          f"{max(minimum, 1)}`")
-    return value
-
-
-def _optional_int(value: Any, where: _Where, key: str, minimum: int) -> int | None:
-    return None if value is None else _int(value, where, key, minimum)
-
-
-def _optional_str(value: Any, where: _Where, key: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise where.error(key, f"must be a non-empty string (got {value!r})", "or leave it out")
-    return value
 
 
 def with_settings(spec: SweepSpec, **changes: Any) -> SweepSpec:

@@ -123,7 +123,7 @@ def test_the_dry_run_prints_the_rule_and_the_worst_case_and_the_flags_replace_it
     from emorl.cli import main
 
     output = tmp_path / "out"
-    assert main(["sweep", "table2_tetrominoes", "--dry-run", "--output", str(output)]) == 0
+    assert main(["sweep", "table2_tetrominoes", "--dry-run", "--output", str(output), "--cpus", "1", "--gpus", "0"]) == 0
     text = capsys.readouterr().out
     assert ("adaptive seeds: 5 per setting first, then more (next seed numbers) while the 95% CI half-width of "
             "test/fg_ari is above 0.03, up to 10 per setting: 20 trials decided so far, at most 40") in text

@@ -158,9 +158,10 @@ def test_table1_optional_rows_run_only_when_selected(tmp_path, capsys):
     assert monet.total == 80 and {t.config["optim"]["optimizer"] for t in monet.trials} == {"rmsprop"}
     rows = expand(spec, only=["iodine_*", "slot_mlp_*", "clevr6/*"])
     assert {t.config["model"]["name"] for t in rows.trials} == {"iodine", "slot_mlp", "efficient_morl"}
-    assert main(["sweep", "table1", "--dry-run", "--output", str(tmp_path / "out")]) == 0
+    on_cpus = ["--cpus", "1", "--gpus", "0"]  # the dry run checks that a trial fits this machine
+    assert main(["sweep", "table1", "--dry-run", "--output", str(tmp_path / "out"), *on_cpus]) == 0
     assert "optional: 40 more trials (iodine_tetrominoes" in capsys.readouterr().out
-    assert main(["sweep", "table1", "--only", "monet_*", "--dry-run", "--output", str(tmp_path / "out")]) == 0
+    assert main(["sweep", "table1", "--only", "monet_*", "--dry-run", "--output", str(tmp_path / "out"), *on_cpus]) == 0
     printed = capsys.readouterr().out
     assert "10 trials of 80" in printed and "monet_clevr6/default/seed4" in printed and "optional:" not in printed
 
@@ -191,6 +192,13 @@ def test_fig11_compares_emorl_genesis_and_genesis_s_on_the_textured_set():
     ({"overrides": ["trainer.output_dir=/x"]}, r"sets 'trainer.output_dir', which the sweep decides"),
     ({"overrides": ["max_steps"]}, r"must hold Hydra overrides `key=value`"),
     ({"evaluation": {"source": {"sweep": "table1"}}}, r"experiment, overrides, seeds belongs to training sweeps"),
+    ({"overrides": ["+trainer.max_step=3"]}, r"overrides holds '\+trainer.max_step=3', which adds trainer.max_step, "
+                                             r"a key the config does not have.*valid keys of trainer: max_steps"),
+    ({"variants": {"a": ["++trainer.foo=1"]}}, r"variants.a holds '\+\+trainer.foo=1', which adds trainer.foo"),
+    ({"resources": {"cpus": 1, "gpus": 0}, "seeds": [0, -1]}, r"seeds\[1\] must be an integer >= 0 \(got -1\)"),
+    ({"evaluation": {"source": {"checkpoints": []}, "sets": [{"dat": 1}]}, "seeds": None, "overrides": None,
+      "experiment": None}, r"(?s)unknown key\(s\) \['dat'\] in evaluation.sets\[0\]; valid keys: data, num_slots\n"
+                           r"  evaluation.source.checkpoints is missing or empty"),
 ])
 def test_bad_structure_is_refused_with_the_key_named(tmp_path, changes, message):
     body = tiny(**changes)
@@ -223,11 +231,25 @@ def test_cli_dry_run_prints_the_trials_and_starts_nothing(tmp_path, capsys):
     rows = [line.split() for line in printed.splitlines() if line.strip()[:1].isdigit()]
     assert [row[1] for row in rows] == ["smoke/reversed_prior_pp/seed0", "smoke/reversed_prior_pp/seed1",
                                         "smoke/bottom_up_prior/seed0", "smoke/bottom_up_prior/seed1"]
+    assert [row[2] for row in rows] == ["9"] * 4  # each trial's training steps
     assert [row[-1] for row in rows] == ["new"] * 4
     assert "overrides for every trial: trainer.max_steps=9" in printed
     # The cost: the smoke model is not one `emorl bench step` times, so no numbers, and it says why.
     assert "smoke/bottom_up_prior x2: no estimate: the model differs in size from the benchmarked tetrominoes" in printed
+    assert f"resources: a trial (1 CPU, 0 GPU) fits this machine" in printed
     assert not output.exists()
+
+
+def test_cli_dry_run_fails_as_the_launch_would(tmp_path, capsys):
+    """A trial that does not fit this machine fails the dry run with the launch's message (after the
+    trials and the cost are printed); so does a `++key=` override of a key the config lacks."""
+    spec = write_spec(tmp_path, tiny(resources={"cpus": 64}))
+    assert main(["sweep", str(spec), "--dry-run", "--num-cpus", "2", "--output", str(tmp_path / "out")]) == 2
+    captured = capsys.readouterr()
+    assert "smoke/default/seed1" in captured.out and "cost (training steps only" in captured.out
+    assert "resources.cpus=64 per trial, but this machine has 2 CPUs for Ray; lower resources.cpus" in captured.err
+    assert main(["sweep", "quickstart", "--dry-run", "++trainer.max_step=3"]) == 2
+    assert "command-line overrides holds '++trainer.max_step=3', which adds" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("body, args, message", [

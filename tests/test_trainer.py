@@ -109,11 +109,29 @@ def test_the_recipes_set_every_switch_where_the_paper_and_the_authors_code_diffe
         (["model.prior=upward"], r"model.prior='upward' is not allowed; choose one of \['bottom_up'"),
         (["trainer.precision=fp8"], r"trainer.precision='fp8' is not one of \['fp32', 'tf32', 'bf16'\]"),
         (["prior=sideways"], "options of group prior: bottom_up, reversed, reversed_pp"),
+        (["+trainer.max_step=3"], r"'\+trainer.max_step=3' adds trainer.max_step, a key the config does not have"
+                                  r".*; valid keys of trainer: max_steps"),
+        (["++seeds=3"], r"'\+\+seeds=3' adds seeds, .*; valid top-level keys: name, variant, seed,"),
     ],
 )
 def test_bad_configuration_fails_at_start_with_the_valid_choices(overrides, message):
     with pytest.raises(ConfigError, match=message):
         compose(overrides)
+
+
+def test_plus_overrides_may_add_keys_only_where_the_schema_has_room(capsys):
+    """Hydra lets `+key=`/`++key=` add a key the schema lacks; we refuse that (a typo would be taken
+    silently) except for a config group, the model's settings (its own schema checks them) and a free
+    mapping (tracking.tags). `emorl train` says so and exits 2 before anything starts."""
+    from emorl.cli import main
+    from emorl.config import unknown_added_key
+
+    for allowed in ("++trainer.max_steps=5", "+tracking.tags.team=a", "++model.dual_gru=false", "+experiment=smoke",
+                    "trainer.max_step=3"):
+        assert unknown_added_key(allowed) is None, allowed
+    assert "valid keys of loss.geco: enabled" in unknown_added_key("++loss.geco.enable=true")
+    assert main(["train", "experiment=smoke", "+trainer.foo=1"]) == 2
+    assert "'+trainer.foo=1' adds trainer.foo, a key the config does not have" in capsys.readouterr().err
 
 
 def final_parameters(result) -> dict[str, torch.Tensor]:

@@ -21,7 +21,7 @@ RUN_DIR=$SCRATCH/sweeps/quickstart/smoke/reversed_prior_pp/seed0
 UI=$!
 trap 'kill $UI' EXIT
 until curl -sf "http://127.0.0.1:$PORT/" > /dev/null; do sleep 2; done
-read -r EXPERIMENT PARENT CHILD < <("$PY" - "$STORE" <<'PYTHON'
+read -r EXPERIMENT PARENT CHILD IMAGE < <("$PY" - "$STORE" <<'PYTHON'
 import sys
 from mlflow.tracking import MlflowClient
 client = MlflowClient(sys.argv[1])
@@ -29,16 +29,17 @@ experiment = client.get_experiment_by_name("quickstart").experiment_id
 runs = client.search_runs([experiment])
 parent = next(r for r in runs if r.data.tags.get("emorl.sweep_role") == "parent" and r.data.tags["emorl.sweep"] == "quickstart")
 child = next(r for r in runs if r.data.tags.get("emorl.sweep_trial") == "smoke/reversed_prior_pp/seed0")
-print(experiment, parent.info.run_id, child.info.run_id)
+image = [a.path for a in client.list_artifacts(child.info.run_id, "images") if a.path.endswith(".png")][-1]
+print(experiment, parent.info.run_id, child.info.run_id, image)
 PYTHON
 )
-shot() {  # shot NAME URL-FRAGMENT
+shot() {  # shot NAME URL-FRAGMENT (the report's 0.5 MB of embedded images needs a long virtual-time budget)
   chromium --headless=new --no-sandbox --disable-gpu --hide-scrollbars --window-size=1500,950 \
-    --virtual-time-budget=30000 --screenshot="$OUT/$1.png" "http://127.0.0.1:$PORT/#$2" 2>/dev/null
+    --virtual-time-budget=180000 --screenshot="$OUT/$1.png" "http://127.0.0.1:$PORT/#$2" 2>/dev/null
 }
 ML="workflowType=machine_learning"
 shot experiment "/experiments/$EXPERIMENT/runs?$ML"
 shot child_run "/experiments/$EXPERIMENT/runs/$CHILD?$ML"
-shot child_run_images "/experiments/$EXPERIMENT/runs/$CHILD/artifacts/images?$ML"
+shot child_run_images "/experiments/$EXPERIMENT/runs/$CHILD/artifacts/$IMAGE?$ML"
 shot report_artifact "/experiments/$EXPERIMENT/runs/$PARENT/artifacts/report/index.html?$ML"
 ls -la "$OUT"

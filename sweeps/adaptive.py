@@ -206,6 +206,17 @@ def grow(plan, seeds: dict[str, list[int]], candidates: dict[str, Any]) -> list:
     return added
 
 
+def recorded_seeds(output_dir) -> dict[str, list[int]] | None:
+    """The seeds decided by earlier launches, as ``sweep.json`` in the sweep folder records them."""
+    import json
+    from pathlib import Path
+
+    try:
+        return json.loads((Path(output_dir) / "sweep.json").read_text()).get("adaptive")
+    except (OSError, ValueError):
+        return None
+
+
 def resume_plan(plan, kept: dict[str, list[int]] | None) -> dict[str, Any]:
     """Grow the plan by the seeds decided so far (those ``kept`` in sweep.json, and what the rule
     decides again from the trial folders); returns the candidate trials for later decisions."""

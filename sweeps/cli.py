@@ -124,10 +124,9 @@ def _sweep(args: argparse.Namespace) -> int:
     plan = expand(spec, args.overrides, output=args.output, tracking_uri=args.tracking_uri,
                   source_output=args.source_output, only=only)
     if spec.adaptive is not None and not args.restart:  # show the seeds decided so far
-        from sweeps.adaptive import resume_plan
-        from sweeps.launch import _load_state
+        from sweeps.adaptive import recorded_seeds, resume_plan
 
-        resume_plan(plan, _load_state(plan).get("adaptive"))
+        resume_plan(plan, recorded_seeds(plan.output_dir))
     print(format_plan(plan))
     if args.dry_run:
         from sweeps.cost import estimate_text

@@ -401,7 +401,7 @@ def _run_sweep(plan: Plan, options: LaunchOptions) -> SweepOutcome:
         from sweeps import adaptive
 
         candidates = adaptive.candidate_trials(plan) if options.restart else \
-            adaptive.resume_plan(plan, _load_state(plan).get("adaptive"))
+            adaptive.resume_plan(plan, adaptive.recorded_seeds(plan.output_dir))
     unfinished_here = [t for t in plan.trials if trial_state(t)[0] != "finished"]  # from the trial folders
     source_configs = check_sources(plan, unfinished_here) if plan.spec.kind == "evaluation" else None
     if not options.restart:

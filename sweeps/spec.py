@@ -658,6 +658,8 @@ def _expand_evaluation(spec: SweepSpec, output_dir: Path, tracking_uri: str | No
                               "sweep; point it at the training sweep whose checkpoints you want to evaluate")
         folder = source_output or evaluation.source.output
         source_plan = expand(source_spec, output=folder)
+        if source_spec.adaptive is not None:  # with the seeds its rule added
+            adaptive.resume_plan(source_plan, adaptive.recorded_seeds(source_plan.output_dir))
         source_uri, source_experiment = source_plan.tracking_uri, source_plan.tracking_experiment
         for trial in source_plan.trials:
             if any(fnmatch.fnmatchcase(trial.id, pattern) for pattern in evaluation.source.trials):

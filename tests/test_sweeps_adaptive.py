@@ -225,3 +225,18 @@ def test_the_adaptive_demo_gives_the_noisy_setting_one_more_seed_and_resumes_wit
     assert json.loads((output / "sweep.json").read_text())["adaptive"] == state["adaptive"]
     decided = [line for line in text.splitlines() if line.startswith("  smoke/") and "half-width" in line]
     assert decided and all(line in again for line in decided)
+
+
+def test_an_evaluation_sweep_over_an_adaptive_sweep_takes_the_seeds_its_rule_added(tmp_path):
+    import json
+
+    source = write(tmp_path)
+    output = tmp_path / "source_out"
+    output.mkdir()
+    (output / "sweep.json").write_text(json.dumps({"adaptive": {"smoke/base": [0, 1, 2], "smoke/k1": [0, 1]}}))
+    evaluation = tmp_path / "eval.yaml"
+    evaluation.write_text(yaml.safe_dump({"name": "eval_of_adaptive", "evaluation": {
+        "source": {"sweep": str(source), "output": str(output), "trials": ["smoke/*"]}}}))
+    plan = expand(load_spec(evaluation), output=tmp_path / "eval_out")
+    assert sorted(t.evaluation["source_trial"] for t in plan.trials) == [
+        "smoke/base/seed0", "smoke/base/seed1", "smoke/base/seed2", "smoke/k1/seed0", "smoke/k1/seed1"]

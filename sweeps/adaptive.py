@@ -142,7 +142,8 @@ def _projected(n: int, width: float, target: float) -> int:
     return math.ceil(n * (width / target) ** 2)
 
 
-def next_seeds(results_by_setting: dict[str, dict[int, float | str | None]], rule: AdaptiveRule) -> dict[str, list[int]]:
+def next_seeds(results_by_setting: dict[str, dict[int, float | str | None]],
+               rule: AdaptiveRule) -> dict[str, list[int]]:
     """The seeds to add now, by setting (empty: none now)."""
     return {setting: decide(setting, results, rule).added for setting, results in results_by_setting.items()}
 

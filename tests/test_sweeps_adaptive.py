@@ -123,7 +123,8 @@ def test_the_dry_run_prints_the_rule_and_the_worst_case_and_the_flags_replace_it
     from emorl.cli import main
 
     output = tmp_path / "out"
-    assert main(["sweep", "table2_tetrominoes", "--dry-run", "--output", str(output), "--cpus", "1", "--gpus", "0"]) == 0
+    assert main(["sweep", "table2_tetrominoes", "--dry-run", "--output", str(output), "--cpus", "1",
+                 "--gpus", "0"]) == 0
     text = capsys.readouterr().out
     assert ("adaptive seeds: 5 per setting first, then more (next seed numbers) while the 95% CI half-width of "
             "test/fg_ari is above 0.03, up to 10 per setting: 20 trials decided so far, at most 40") in text
@@ -184,7 +185,8 @@ def test_the_searcher_suggests_pending_trials_adds_seeds_and_finishes(tmp_path):
     assert searcher.suggest("tune7") == Searcher.FINISHED
     lines = {d.setting: d.line(plan.spec.adaptive) for d in adaptive.decisions(plan)}
     assert lines["smoke/k1"] == "smoke/k1: 2 seeds, 2 values, 95% CI half-width 0: target 0.05 met"
-    assert lines["smoke/base"].startswith("smoke/base: 4 seeds, 3 values") and "1 failed (seeds [2])" in lines["smoke/base"]
+    assert lines["smoke/base"].startswith("smoke/base: 4 seeds, 3 values")
+    assert "1 failed (seeds [2])" in lines["smoke/base"]
     assert lines["smoke/base"].endswith("cap of 4 seeds reached")
     # resumed from the folders alone: the same trials
     again = expand(load_spec(write(tmp_path)), output=tmp_path / "out")

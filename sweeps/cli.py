@@ -19,7 +19,7 @@ STATUS = "status"  # `emorl sweep status NAME`: not a spec name
 
 # Flags that shape a launch, in the order they are written back into a retry command.
 _REPEATED_FLAGS = ("address", "output", "tracking_uri", "storage", "source_output", "cpus", "gpus",
-                   "max_concurrent", "max_failures", "num_cpus", "ray_temp_dir")
+                   "max_concurrent", "max_failures", "num_cpus", "ray_temp_dir", "target_ci", "max_seeds")
 
 
 class _OverridesAnywhere(argparse.ArgumentParser):
@@ -80,6 +80,12 @@ def register(subparsers) -> None:
     parser.add_argument("--no-data-prep", dest="prepare_data", action="store_false",
                         help="do not generate missing data sets in the driver (each node has its own)")
     parser.add_argument("--quiet", action="store_true", help="no Tune progress tables")
+    parser.add_argument("--target-ci", type=float, metavar="W",
+                        help="adaptive seeds: more seeds for a setting while the 95%% CI half-width of its metric "
+                             "(spec: adaptive.metric, default test/fg_ari) is above W (spec: adaptive.target_ci)")
+    parser.add_argument("--max-seeds", type=int, metavar="N",
+                        help="adaptive seeds: at most N seeds per setting, failed ones included "
+                             "(spec: adaptive.max_seeds)")
     parser.set_defaults(func=_sweep, restart=False)
 
 
@@ -114,8 +120,13 @@ def _sweep(args: argparse.Namespace) -> int:
     spec = with_settings(spec, resources=resources, max_concurrent=args.max_concurrent,
                          max_failures=args.max_failures)
     only = [p.strip() for p in args.only.split(",") if p.strip()] if args.only else None
+    spec = _adaptive_settings(spec, args, only)
     plan = expand(spec, args.overrides, output=args.output, tracking_uri=args.tracking_uri,
                   source_output=args.source_output, only=only)
+    if spec.adaptive is not None and not args.restart:  # show the seeds decided so far
+        from sweeps.adaptive import recorded_seeds, resume_plan
+
+        resume_plan(plan, recorded_seeds(plan.output_dir))
     print(format_plan(plan))
     if args.dry_run:
         from sweeps.cost import estimate_text
@@ -138,6 +149,28 @@ def _sweep(args: argparse.Namespace) -> int:
     failed = [o.trial.id for o in outcome.having("failed")]
     print(format_summary(outcome, command(args), command(args, only=failed) if failed else None))
     return outcome.exit_code
+
+
+def _adaptive_settings(spec, args: argparse.Namespace, only: list[str] | None):
+    """The spec with --target-ci / --max-seeds applied; fixed seeds under --only (a selection of
+    trials, which the rule's additions would not match)."""
+    import dataclasses
+
+    from sweeps.adaptive import DEFAULT_METRIC, make_rule
+
+    rule = spec.adaptive
+    if args.target_ci is not None or args.max_seeds is not None:
+        if spec.kind != "training":
+            raise ConfigError("--target-ci and --max-seeds apply to training sweeps only")
+        if rule is None and (args.target_ci is None or args.max_seeds is None):
+            raise ConfigError(f"{spec.path} has no `adaptive:` rule: give both --target-ci W and --max-seeds N")
+        rule = make_rule(args.target_ci if args.target_ci is not None else rule.target_ci,
+                         args.max_seeds if args.max_seeds is not None else rule.max_seeds,
+                         rule.metric if rule else DEFAULT_METRIC, spec.seeds, "--target-ci/--max-seeds")
+    if rule is not None and only:
+        print("note: --only runs exactly the selected trials; adaptive seeds are decided by the command without --only")
+        rule = None
+    return dataclasses.replace(spec, adaptive=rule)
 
 
 def format_plan(plan) -> str:
@@ -170,6 +203,10 @@ def format_plan(plan) -> str:
     ]
     if plan.overrides:
         lines.append(f"  overrides for every trial: {' '.join(plan.overrides)}")
+    if spec.adaptive is not None:
+        settings = len({t.id.rsplit("/", 1)[0] for t in plan.trials})
+        lines.append(f"  {spec.adaptive.describe(len(spec.seeds))}: {len(plan.trials)} trials decided so far, "
+                     f"at most {settings * spec.adaptive.max_seeds}")
     if plan.optional and not any(t.config["name"] in spec.optional_experiments for t in plan.trials):
         names = ", ".join(spec.optional_experiments)
         lines.append(f"  optional: {plan.optional} more trials ({names}), run only when --only selects them, "
@@ -204,6 +241,11 @@ def format_summary(outcome, again: str, retry: str | None) -> str:
                   "(running the same command again also retries them; finished trials are skipped)"]
     if unfinished:
         lines += [f"interrupted: {len(unfinished)} trials unfinished; resume with the same command:", f"  {again}"]
+    if plan.spec.adaptive is not None:
+        from sweeps.adaptive import decisions
+
+        lines.append(f"{plan.spec.adaptive.describe(len(plan.spec.seeds))}:")
+        lines += [f"  {decision.line(plan.spec.adaptive)}" for decision in decisions(plan)]
     lines += format_delivery(outcome, again)
     lines += ["results:", f"  output folder: {plan.output_dir}"]
     if outcome.parent_run_id:

@@ -303,9 +303,19 @@ def _restorable(record: dict | None, plan: Plan, payloads: dict[str, dict]) -> b
     return set(payloads) == set(record["trials"]) - done_in_tune
 
 
+def _run_config(plan: Plan, options: LaunchOptions, storage: str, name: str):
+    from ray import tune
+
+    return tune.RunConfig(name=name, storage_path=storage, verbose=options.verbose, progress_reporter=_reporter(plan),
+                          failure_config=tune.FailureConfig(max_failures=plan.spec.max_failures),
+                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+
+
 def run_tune(plan: Plan, pending: list[Trial], payloads: dict[str, dict], options: LaunchOptions,
-             state: dict) -> dict[str, object]:
-    """Run the pending trials with Tune (restoring its last experiment when possible); results by trial id."""
+             state: dict, candidates: dict[str, Trial] | None = None) -> dict[str, object]:
+    """Run the pending trials with Tune (restoring its last experiment when possible); results by trial id.
+
+    An adaptive sweep (``candidates``: the trials its rule may add) runs them from a searcher instead."""
     from ray import tune
 
     from sweeps.trainable import run_trial
@@ -315,6 +325,8 @@ def run_tune(plan: Plan, pending: list[Trial], payloads: dict[str, dict], option
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     trainable = tune.with_resources(run_trial, spec.resources.ray())
     record = state.get("tune")
+    if spec.adaptive is not None:  # the searcher's decisions live in the trial folders, not in Tune's state
+        return _fit(_adaptive_tuner(plan, pending, options, state, trainable, candidates))
     if not options.restart and _restorable(record, plan, payloads):
         print(f"continuing Tune experiment {record['path']}")
         tuner = tune.Tuner.restore(record["path"], trainable, resume_unfinished=True, resume_errored=True)
@@ -326,17 +338,45 @@ def run_tune(plan: Plan, pending: list[Trial], payloads: dict[str, dict], option
             param_space={"trial": tune.grid_search([payloads[t.id] for t in pending])},
             tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=False,
                                         trial_name_creator=trial_name, trial_dirname_creator=trial_dirname),
-            run_config=tune.RunConfig(
-                name=name, storage_path=storage, verbose=options.verbose, progress_reporter=_reporter(plan),
-                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+            run_config=_run_config(plan, options, storage, name),
         )
         state["tune"] = {"path": _join(storage, name),
                          "settings": _fingerprint(_tune_settings(plan)),
                          "trials": {trial_id: _fingerprint(p) for trial_id, p in payloads.items()}}
         _save_state(plan, state)
+    return _fit(tuner)
+
+
+def _fit(tuner) -> dict[str, object]:
     grid = tuner.fit()
     return {result.config["trial"]["id"]: result for result in grid if result.config}  # None: never started
+
+
+def _adaptive_tuner(plan: Plan, pending: list[Trial], options: LaunchOptions, state: dict, trainable,
+                    candidates: dict[str, Trial]):
+    """A fresh Tune experiment whose trials come from :class:`sweeps.adaptive_search.AdaptiveSearcher`:
+    the pending trials, then the seeds the rule adds (recorded in ``sweep.json`` as they are decided)."""
+    from ray import tune
+
+    from emorl.data.paths import default_data_dir
+    from sweeps import adaptive
+    from sweeps.adaptive_search import AdaptiveSearcher
+
+    def record(added: list[Trial]) -> None:
+        state.update(trials=[t.id for t in plan.trials], adaptive=adaptive.seeds_by_setting(plan))
+        _save_state(plan, state)
+        print("adaptive seeds: added " + ", ".join(t.id for t in added))
+
+    data_dir = str(default_data_dir())
+    searcher = AdaptiveSearcher(plan, pending, candidates,
+                                lambda trial: trial.payload(state.get("parent_run_id"), data_dir), record)
+    storage = options.storage or str(plan.output_dir / "tune")
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, max_concurrent_trials=plan.spec.max_concurrent,
+                                    reuse_actors=False, trial_name_creator=trial_name,
+                                    trial_dirname_creator=trial_dirname),
+        run_config=_run_config(plan, options, storage, f"{plan.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"))
 
 
 # -- the sweep -----------------------------------------------------------------------------------
@@ -356,6 +396,12 @@ def _run_sweep(plan: Plan, options: LaunchOptions) -> SweepOutcome:
     from emorl.data.paths import default_data_dir
 
     started = time.time()
+    candidates = None
+    if plan.spec.adaptive is not None:  # the seeds decided by earlier launches join the plan first
+        from sweeps import adaptive
+
+        candidates = adaptive.candidate_trials(plan) if options.restart else \
+            adaptive.resume_plan(plan, adaptive.recorded_seeds(plan.output_dir))
     unfinished_here = [t for t in plan.trials if trial_state(t)[0] != "finished"]  # from the trial folders
     source_configs = check_sources(plan, unfinished_here) if plan.spec.kind == "evaluation" else None
     if not options.restart:
@@ -380,6 +426,8 @@ def _run_sweep(plan: Plan, options: LaunchOptions) -> SweepOutcome:
                      tracking_uri=plan.tracking_uri, tracking_experiment=plan.tracking_experiment,
                      parent_run_id=parent_run_id, trials=[t.id for t in plan.trials],
                      overrides=list(plan.overrides), state="running")
+        if candidates is not None:  # the seeds decided so far, by setting: never taken back
+            state["adaptive"] = adaptive.seeds_by_setting(plan)
         _save_state(plan, state)
         before = {t.id: trial_state(t, children) for t in plan.trials}
         pending = [t for t in plan.trials if before[t.id][0] != "finished"]
@@ -392,7 +440,7 @@ def _run_sweep(plan: Plan, options: LaunchOptions) -> SweepOutcome:
                       f"({len(plan.trials) - len(pending)} already finished)")
                 if not options.address:
                     stack.enter_context(ray_session(options))
-                results = run_tune(plan, pending, payloads, options, state)
+                results = run_tune(plan, pending, payloads, options, state, candidates)
             else:
                 print(f"all {len(plan.trials)} trials already finished; nothing to run")
         except KeyboardInterrupt:

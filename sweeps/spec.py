@@ -32,6 +32,7 @@ from emorl import config as config_module
 from emorl import vocabulary
 from emorl.errors import ConfigError
 from emorl.vocabulary import setting_id
+from sweeps import adaptive
 
 SPEC_DIR = Path(__file__).resolve().parent / "specs"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -226,7 +227,7 @@ class Tracking(_Schema):
     experiment: Text | None = Field(None, description="the MLflow experiment, e.g. `experiment: table1`")
 
 
-TRAINING_ONLY = ("experiment", "optional_experiment", "overrides", "seeds", "variants", "axes")
+TRAINING_ONLY = ("experiment", "optional_experiment", "overrides", "seeds", "variants", "axes", "adaptive")
 
 
 class SweepFile(_Schema):
@@ -252,6 +253,7 @@ class SweepFile(_Schema):
     tracking: Tracking = Tracking()
     output: Text | None = Field(None, description="the sweep's folder, or leave it out")
     evaluation: Evaluation | None = None
+    adaptive: dict[Any, Any] | None = None  # checked by sweeps.adaptive.parse_rule (with the seeds)
 
     @model_validator(mode="before")
     @classmethod
@@ -284,6 +286,7 @@ class SweepFile(_Schema):
         return SweepSpec(
             experiments=tuple(self.experiment), optional_experiments=tuple(self.optional_experiment or ()),
             overrides=tuple(self.overrides), seeds=tuple(self.seeds),
+            adaptive=adaptive.parse_rule(self.adaptive, path, tuple(self.seeds)),
             variants=tuple((name, tuple(overrides)) for name, overrides in (self.variants or {}).items()),
             axes=tuple(Axis(label, body.all_keys, tuple(body.values)) for label, body in (self.axes or {}).items()),
             **common)
@@ -417,6 +420,7 @@ class SweepSpec:
     tracking_experiment: str | None = None
     output: str | None = None
     evaluation: Evaluation | None = None
+    adaptive: Any = None  # sweeps.adaptive.AdaptiveRule: more seeds while a setting's CI is too wide
 
     @property
     def kind(self) -> str:
@@ -654,6 +658,8 @@ def _expand_evaluation(spec: SweepSpec, output_dir: Path, tracking_uri: str | No
                               "sweep; point it at the training sweep whose checkpoints you want to evaluate")
         folder = source_output or evaluation.source.output
         source_plan = expand(source_spec, output=folder)
+        if source_spec.adaptive is not None:  # with the seeds its rule added
+            adaptive.resume_plan(source_plan, adaptive.recorded_seeds(source_plan.output_dir))
         source_uri, source_experiment = source_plan.tracking_uri, source_plan.tracking_experiment
         for trial in source_plan.trials:
             if any(fnmatch.fnmatchcase(trial.id, pattern) for pattern in evaluation.source.trials):

@@ -12,9 +12,10 @@ from sweeps.spec import expand, load_spec, shipped_specs
 
 EXPECTED = {  # spec -> (kind, trials)
     "quickstart": ("training", 4),  # 2 variants x 2 seeds
+    "adaptive_demo": ("training", 4),  # 2 variants x 2 seeds first (the adaptive rule adds up to 2 more)
+    "table2_tetrominoes": ("training", 20),  # 4 variants x 5 seeds first, up to 10 each (adaptive)
     "table1": ("training", 40),  # (EfficientMORL, Slot Attention) x 3 settings x 5 seeds + 2 Tetrominoes recipes (+ 40 optional)
     "table2_clevr6": ("training", 30),  # 3 variants x 10 seeds
-    "table2_tetrominoes": ("training", 20),  # 4 variants x 5 seeds (see the spec on `with_geco`)
     "table3": ("evaluation", 10),  # Table 1's CLEVR6 models: 2 models x 5 seeds
     "fig3": ("training", 30),  # I in {0, 1, 3} x 10 seeds
     "fig8": ("training", 25),  # L in 0..4 x 5 seeds

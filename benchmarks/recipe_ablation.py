@@ -5,10 +5,13 @@ with ``--authors-code``, the authors' own training loop on the same file (benchm
     python benchmarks/recipe_ablation.py --data tetrominoes.h5 --steps 1500 --seeds 0 1 \\
         --parallel 14 --out outputs/recipe --authors-code PATH trainer.precision=tf32
 
-Variants (model switches of docs/model.md, "Where the paper and the authors' code differ"):
-default (today's defaults), init (``model.init=authors``), step_weights
+Variants (the switches of docs/model.md, "Two recipes"; Tetrominoes has no bottom-up prior, so
+its two bottom-up switches do not apply): default (``recipe=paper``, today's defaults), init
+(``model.init=authors``), authors_but_init (``recipe=authors model.init=pytorch``: everything of
+theirs except the initialisation), authors (``recipe=authors``), step_weights
 (``model.step_weighting=authors``), layernorm (``model.refine_grad_norm_affine=false``), variance
-(``model.variance_formula=authors``), authors (all four, and GECO's zeta timing of their code).
+(``model.variance_formula=authors``), schedule (their warm-up from lr 0 and GECO's first update).
+Runs start in that order, so a ``--deadline`` cuts the last ones.
 Every run: ``experiment=tetrominoes`` with ``optim.warmup_steps=500`` (the paper's settings
 otherwise), evaluation on the first 320 test images. Runs go in parallel processes (``--parallel``;
 on one GPU they share it), each writes JSON lines to OUT/metrics.jsonl; ``--deadline`` seconds
@@ -30,11 +33,12 @@ from pathlib import Path
 VARIANTS = {
     "default": [],
     "init": ["model.init=authors"],
+    "authors_but_init": ["recipe=authors", "model.init=pytorch"],
+    "authors": ["recipe=authors"],
     "step_weights": ["model.step_weighting=authors"],
     "layernorm": ["model.refine_grad_norm_affine=false"],
     "variance": ["model.variance_formula=authors"],
-    "authors": ["model.init=authors", "model.step_weighting=authors", "model.refine_grad_norm_affine=false",
-                "model.variance_formula=authors", "loss.geco.zeta_at_first_update=false"],
+    "schedule": ["optim.warmup_from_zero=true", "loss.geco.zeta_at_first_update=false"],
 }
 
 

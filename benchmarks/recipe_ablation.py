@@ -17,7 +17,9 @@ otherwise), evaluation on the first 320 test images. Runs go in parallel process
 on one GPU they share it), each writes JSON lines to OUT/metrics.jsonl; ``--deadline`` seconds
 after the start the runs still going are stopped and what they wrote is kept. Then
 ``--plot`` (or a later ``python benchmarks/recipe_ablation.py --out OUT --plot-only``) draws
-OUT/recipe_ablation.png and prints the table. Not a test.
+OUT/recipe_ablation.png and prints the table. ``--signal`` prints, for both initialisations, how
+much of each layer's output depends on the image at step 0 (std across 32 training images), the
+mechanism docs/benchmarks.md section 2c describes. Not a test.
 """
 
 from __future__ import annotations
@@ -59,6 +61,43 @@ def one_run(variant: str, seed: int, steps: int, every: int, data: Path, out: Pa
                    "trainer.log_every=100", "tracking.backend=none", "trainer.progress=false",
                    f"trainer.output_dir={out / 'runs' / f'{variant}-seed{seed}'}", *VARIANTS[variant], *overrides])
     Trainer(cfg, Record()).run()
+
+
+def signal(data: Path, overrides: list[str]) -> None:
+    """Each Conv/Linear/LayerNorm/GRU cell's output at initialisation, on 32 training images: its
+    std and its std across the images (the part that depends on the image), for both inits."""
+    import h5py
+    import torch
+    from omegaconf import OmegaConf
+
+    from emorl.config import compose
+    from emorl.models import build_model
+
+    with h5py.File(data, "r") as handle:
+        images = torch.as_tensor(handle["train/imgs"][:32]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    table: dict[str, dict[str, tuple[float, float]]] = {}
+    for init in ("pytorch", "authors"):
+        torch.manual_seed(0)
+        cfg = compose(["experiment=tetrominoes", f"model.init={init}", *overrides])
+        model = build_model(OmegaConf.to_container(cfg.model, resolve=True))
+        kinds = (torch.nn.Conv2d, torch.nn.Linear, torch.nn.LayerNorm, torch.nn.GRUCell)
+
+        def hook(name):
+            def record(module, inputs, output):
+                if isinstance(output, torch.Tensor) and (name, init) not in seen:
+                    seen.add((name, init))
+                    table.setdefault(name, {})[init] = (output.float().std().item(), output.float().std(0).mean().item())
+            return record
+
+        seen: set = set()
+        for name, module in model.named_modules():
+            if isinstance(module, kinds):
+                module.register_forward_hook(hook(name))
+        model(images)
+    print("| module (first call) | pytorch: std / across images | authors: std / across images |\n|---|---|---|")
+    for name, by_init in table.items():
+        cells = [f"{by_init[i][0]:.1e} / {by_init[i][1]:.1e}" if i in by_init else "-" for i in ("pytorch", "authors")]
+        print(f"| {name} | {cells[0]} | {cells[1]} |")
 
 
 def rows(out: Path) -> list[dict]:
@@ -109,7 +148,7 @@ def plot(out: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help="the Tetrominoes file (authors' HDF5 layout)")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, help="where runs, metrics.jsonl and the plot go")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -118,9 +157,17 @@ def main() -> int:
     parser.add_argument("--deadline", type=float, default=None, help="stop what still runs after this many seconds")
     parser.add_argument("--authors-code", type=Path, default=None, help="also run the authors' training loop")
     parser.add_argument("--plot-only", action="store_true")
+    parser.add_argument("--signal", action="store_true", help="only print each layer's image signal at step 0")
     parser.add_argument("--one", nargs=2, metavar=("VARIANT", "SEED"), help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="emorl train overrides for every run (e.g. trainer.precision=tf32)")
     args = parser.parse_args()
+    if args.signal:
+        if args.data is None:
+            parser.error("--signal needs --data (a Tetrominoes file)")
+        signal(args.data.resolve(), args.overrides)
+        return 0
+    if args.out is None:
+        parser.error("--out is required (where runs, metrics.jsonl and the plot go)")
     out = args.out.expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     if args.one:

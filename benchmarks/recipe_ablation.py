@@ -66,15 +66,15 @@ def one_run(variant: str, seed: int, steps: int, every: int, data: Path, out: Pa
 def signal(data: Path, overrides: list[str]) -> None:
     """Each Conv/Linear/LayerNorm/GRU cell's output at initialisation, on 32 training images: its
     std and its std across the images (the part that depends on the image), for both inits."""
-    import h5py
     import torch
     from omegaconf import OmegaConf
 
     from emorl.config import compose
+    from emorl.data.hdf5 import MultiObjectDataset
     from emorl.models import build_model
 
-    with h5py.File(data, "r") as handle:
-        images = torch.as_tensor(handle["train/imgs"][:32]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    dataset = MultiObjectDataset(data, "train")
+    images = torch.stack([dataset[index]["image"] for index in range(32)])
     table: dict[str, dict[str, tuple[float, float]]] = {}
     for init in ("pytorch", "authors"):
         torch.manual_seed(0)
@@ -84,20 +84,17 @@ def signal(data: Path, overrides: list[str]) -> None:
 
         def hook(name):
             def record(module, inputs, output):
-                if isinstance(output, torch.Tensor) and (name, init) not in seen:
-                    seen.add((name, init))
+                if isinstance(output, torch.Tensor) and init not in table.get(name, {}):
                     table.setdefault(name, {})[init] = (output.float().std().item(), output.float().std(0).mean().item())
             return record
 
-        seen: set = set()
         for name, module in model.named_modules():
             if isinstance(module, kinds):
                 module.register_forward_hook(hook(name))
         model(images)
     print("| module (first call) | pytorch: std / across images | authors: std / across images |\n|---|---|---|")
     for name, by_init in table.items():
-        cells = [f"{by_init[i][0]:.1e} / {by_init[i][1]:.1e}" if i in by_init else "-" for i in ("pytorch", "authors")]
-        print(f"| {name} | {cells[0]} | {cells[1]} |")
+        print(f"| {name} | " + " | ".join(f"{by_init[i][0]:.1e} / {by_init[i][1]:.1e}" for i in ("pytorch", "authors")) + " |")
 
 
 def rows(out: Path) -> list[dict]:
